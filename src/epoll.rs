@@ -1,0 +1,184 @@
+//! The shim's view of each epoll instance the application creates.
+//!
+//! The epoll fd stays a real kernel epoll fd. Kernel-path fds are registered in it as
+//! usual; the shim also records every registration (fd, events, data) so a socket that
+//! moves to an accelerated engine can be taken out of the kernel set and served from
+//! shim state, and so readiness can be merged (see `crate::uring::wait`).
+
+use crate::fdtable::{self, Entry};
+use crate::pool::Pool;
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// One registration of an fd in an epoll instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Interest {
+    pub fd: i32,
+    /// Pool id of the socket record, when the fd is a tracked socket.
+    pub socket: Option<u32>,
+    pub events: u32,
+    pub data: u64,
+    /// Served from shim state rather than the kernel epoll set.
+    pub accelerated: bool,
+    /// In the ready list.
+    pub queued: bool,
+    /// EPOLLONESHOT fired; nothing is reported until EPOLL_CTL_MOD re-arms it.
+    pub disarmed: bool,
+}
+
+pub struct EpollState {
+    pub interests: Vec<Interest>,
+    /// fds of accelerated interests that may be ready (checked at the next wait).
+    pub ready: std::collections::VecDeque<i32>,
+}
+
+pub struct EpollRecord {
+    pub id: AtomicU32,
+    pub alias_count: AtomicU32,
+    pub state: Mutex<EpollState>,
+    /// Accelerated interests in this instance (0: epoll_wait is a plain pass-through).
+    pub accelerated: AtomicU32,
+    /// eventfd member of the kernel set that makes shim readiness kernel-visible.
+    pub bridge_fd: AtomicI32,
+    /// Threads blocked waiting on this instance; a producer that sees none need not wake.
+    pub sleepers: AtomicU32,
+}
+
+pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
+
+impl EpollRecord {
+    fn new() -> EpollRecord {
+        EpollRecord {
+            id: AtomicU32::new(0),
+            alias_count: AtomicU32::new(0),
+            state: Mutex::new(EpollState {
+                interests: Vec::new(),
+                ready: std::collections::VecDeque::new(),
+            }),
+            accelerated: AtomicU32::new(0),
+            bridge_fd: AtomicI32::new(-1),
+            sleepers: AtomicU32::new(0),
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, EpollState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EpollState {
+    pub fn find(&self, fd: i32) -> Option<usize> {
+        self.interests.iter().position(|i| i.fd == fd)
+    }
+}
+
+/// The record of a tracked epoll fd.
+#[inline]
+pub fn lookup(epfd: i32) -> Option<&'static EpollRecord> {
+    match fdtable::get(epfd)? {
+        Entry::Epoll(id) => EPOLLS.get(id),
+        Entry::Socket(_) => None,
+    }
+}
+
+/// Starts tracking a new epoll fd.
+pub fn track(epfd: i32) {
+    if !fdtable::trackable(epfd) {
+        return;
+    }
+    crate::socket::forget_stale(epfd);
+    let Some(id) = EPOLLS.alloc() else { return };
+    let Some(ep) = EPOLLS.get(id) else { return };
+    ep.id.store(id, Ordering::Relaxed);
+    ep.alias_count.store(1, Ordering::Relaxed);
+    ep.accelerated.store(0, Ordering::Relaxed);
+    ep.sleepers.store(0, Ordering::Relaxed);
+    ep.bridge_fd.store(-1, Ordering::Relaxed);
+    {
+        let mut st = ep.lock();
+        st.interests.clear();
+        st.ready.clear();
+    }
+    fdtable::claim(epfd, Entry::Epoll(id));
+}
+
+pub fn alias(id: u32, newfd: i32) {
+    if let Some(ep) = EPOLLS.get(id) {
+        ep.alias_count.fetch_add(1, Ordering::AcqRel);
+        fdtable::claim(newfd, Entry::Epoll(id));
+    }
+}
+
+pub fn on_close(id: u32, _fd: i32) {
+    let Some(ep) = EPOLLS.get(id) else { return };
+    if ep.alias_count.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    let interests: Vec<Interest> = {
+        let mut st = ep.lock();
+        st.ready.clear();
+        core::mem::take(&mut st.interests)
+    };
+    for i in interests.iter().filter(|i| i.accelerated) {
+        if let Some(rec) = i.socket.and_then(|s| crate::socket::SOCKETS.get(s)) {
+            crate::uring::unwatch(rec, id, i.fd);
+        }
+    }
+    let bridge = ep.bridge_fd.swap(-1, Ordering::AcqRel);
+    if bridge >= 0 {
+        // SAFETY: the bridge eventfd is the shim's own descriptor.
+        unsafe { crate::real::close(bridge) };
+    }
+    EPOLLS.release(id);
+}
+
+/// Records a successful kernel-side epoll_ctl.
+pub fn record_ctl(ep: &EpollRecord, op: i32, fd: i32, events: u32, data: u64) {
+    let socket = match fdtable::get(fd) {
+        Some(Entry::Socket(id)) => Some(id),
+        _ => None,
+    };
+    let mut st = ep.lock();
+    match op {
+        libc::EPOLL_CTL_ADD => st.interests.push(Interest {
+            fd,
+            socket,
+            events,
+            data,
+            accelerated: false,
+            queued: false,
+            disarmed: false,
+        }),
+        libc::EPOLL_CTL_MOD => {
+            if let Some(i) = st.find(fd) {
+                st.interests[i].events = events;
+                st.interests[i].data = data;
+            }
+        }
+        libc::EPOLL_CTL_DEL => {
+            if let Some(i) = st.find(fd) {
+                st.interests.swap_remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A socket's last descriptor was closed: the kernel drops it from every epoll set, and
+/// so does the shim (closing one of several dup aliases removes nothing, as in the kernel).
+pub fn forget_socket(socket: u32) {
+    for id in 0..EPOLLS.high_water() {
+        let Some(ep) = EPOLLS.get(id) else { continue };
+        if ep.alias_count.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        let mut st = ep.lock();
+        while let Some(i) = st.interests.iter().position(|i| i.socket == Some(socket)) {
+            let gone = st.interests.swap_remove(i);
+            if gone.accelerated {
+                ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+            }
+            st.ready.retain(|&r| r != gone.fd);
+        }
+    }
+}
