@@ -27,9 +27,14 @@ pub struct Interest {
 }
 
 pub struct EpollState {
+    /// Registrations by slot; a removed one leaves a free slot (fd -1) for reuse, so the
+    /// slot numbers held in sockets' watcher lists and in `ready` stay valid.
     pub interests: Vec<Interest>,
-    /// fds of accelerated interests that may be ready (checked at the next wait).
-    pub ready: std::collections::VecDeque<i32>,
+    /// fd → slot in `interests`.
+    pub index: std::collections::HashMap<i32, u32>,
+    free: Vec<u32>,
+    /// Slots of accelerated interests that may be ready (checked at the next wait).
+    pub ready: std::collections::VecDeque<u32>,
 }
 
 pub struct EpollRecord {
@@ -42,6 +47,13 @@ pub struct EpollRecord {
     pub bridge_fd: AtomicI32,
     /// Threads blocked waiting on this instance; a producer that sees none need not wake.
     pub sleepers: AtomicU32,
+    /// The epoll fd is watched by something the shim does not serve (nested in another
+    /// epoll, polled): the bridge must reflect shim readiness at all times.
+    pub exposed: core::sync::atomic::AtomicBool,
+    /// The bridge eventfd has been written and not yet drained.
+    pub bridge_signalled: core::sync::atomic::AtomicBool,
+    /// A real fd of this instance (for the kernel-side calls the shim makes on it).
+    pub epfd: AtomicI32,
 }
 
 pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
@@ -53,11 +65,16 @@ impl EpollRecord {
             alias_count: AtomicU32::new(0),
             state: Mutex::new(EpollState {
                 interests: Vec::new(),
+                index: std::collections::HashMap::new(),
+                free: Vec::new(),
                 ready: std::collections::VecDeque::new(),
             }),
             accelerated: AtomicU32::new(0),
             bridge_fd: AtomicI32::new(-1),
             sleepers: AtomicU32::new(0),
+            exposed: core::sync::atomic::AtomicBool::new(false),
+            bridge_signalled: core::sync::atomic::AtomicBool::new(false),
+            epfd: AtomicI32::new(-1),
         }
     }
 
@@ -68,7 +85,49 @@ impl EpollRecord {
 
 impl EpollState {
     pub fn find(&self, fd: i32) -> Option<usize> {
-        self.interests.iter().position(|i| i.fd == fd)
+        self.index.get(&fd).map(|&s| s as usize)
+    }
+
+    /// Stores a registration and returns its slot.
+    pub fn insert(&mut self, interest: Interest) -> usize {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.interests[s as usize] = interest;
+                s as usize
+            }
+            None => {
+                self.interests.push(interest);
+                self.interests.len() - 1
+            }
+        };
+        self.index.insert(interest.fd, slot as u32);
+        slot
+    }
+
+    /// Removes the registration in `slot`, returning it.
+    pub fn remove(&mut self, slot: usize) -> Interest {
+        let gone = self.interests[slot];
+        self.index.remove(&gone.fd);
+        self.interests[slot].fd = -1;
+        self.interests[slot].socket = None;
+        self.interests[slot].queued = false;
+        self.free.push(slot as u32);
+        if gone.queued {
+            self.ready.retain(|&r| r as usize != slot);
+        }
+        gone
+    }
+
+    pub fn clear(&mut self) {
+        self.interests.clear();
+        self.index.clear();
+        self.free.clear();
+        self.ready.clear();
+    }
+
+    /// Live registrations.
+    pub fn live(&self) -> impl Iterator<Item = (usize, &Interest)> {
+        self.interests.iter().enumerate().filter(|(_, i)| i.fd >= 0)
     }
 }
 
@@ -94,11 +153,10 @@ pub fn track(epfd: i32) {
     ep.accelerated.store(0, Ordering::Relaxed);
     ep.sleepers.store(0, Ordering::Relaxed);
     ep.bridge_fd.store(-1, Ordering::Relaxed);
-    {
-        let mut st = ep.lock();
-        st.interests.clear();
-        st.ready.clear();
-    }
+    ep.exposed.store(false, Ordering::Relaxed);
+    ep.bridge_signalled.store(false, Ordering::Relaxed);
+    ep.epfd.store(epfd, Ordering::Relaxed);
+    ep.lock().clear();
     fdtable::claim(epfd, Entry::Epoll(id));
 }
 
@@ -114,14 +172,15 @@ pub fn on_close(id: u32, _fd: i32) {
     if ep.alias_count.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
     }
-    let interests: Vec<Interest> = {
+    let interests: Vec<(usize, Interest)> = {
         let mut st = ep.lock();
-        st.ready.clear();
-        core::mem::take(&mut st.interests)
+        let v = st.live().map(|(s, i)| (s, *i)).collect();
+        st.clear();
+        v
     };
-    for i in interests.iter().filter(|i| i.accelerated) {
+    for (slot, i) in interests.iter().filter(|(_, i)| i.accelerated) {
         if let Some(rec) = i.socket.and_then(|s| crate::socket::SOCKETS.get(s)) {
-            crate::uring::unwatch(rec, id, i.fd);
+            crate::uring::unwatch(rec, id, *slot as u32);
         }
     }
     let bridge = ep.bridge_fd.swap(-1, Ordering::AcqRel);
@@ -140,15 +199,17 @@ pub fn record_ctl(ep: &EpollRecord, op: i32, fd: i32, events: u32, data: u64) {
     };
     let mut st = ep.lock();
     match op {
-        libc::EPOLL_CTL_ADD => st.interests.push(Interest {
-            fd,
-            socket,
-            events,
-            data,
-            accelerated: false,
-            queued: false,
-            disarmed: false,
-        }),
+        libc::EPOLL_CTL_ADD => {
+            st.insert(Interest {
+                fd,
+                socket,
+                events,
+                data,
+                accelerated: false,
+                queued: false,
+                disarmed: false,
+            });
+        }
         libc::EPOLL_CTL_MOD => {
             if let Some(i) = st.find(fd) {
                 st.interests[i].events = events;
@@ -157,7 +218,7 @@ pub fn record_ctl(ep: &EpollRecord, op: i32, fd: i32, events: u32, data: u64) {
         }
         libc::EPOLL_CTL_DEL => {
             if let Some(i) = st.find(fd) {
-                st.interests.swap_remove(i);
+                st.remove(i);
             }
         }
         _ => {}
@@ -173,12 +234,15 @@ pub fn forget_socket(socket: u32) {
             continue;
         }
         let mut st = ep.lock();
-        while let Some(i) = st.interests.iter().position(|i| i.socket == Some(socket)) {
-            let gone = st.interests.swap_remove(i);
-            if gone.accelerated {
+        let slots: Vec<usize> = st
+            .live()
+            .filter(|(_, i)| i.socket == Some(socket))
+            .map(|(s, _)| s)
+            .collect();
+        for slot in slots {
+            if st.remove(slot).accelerated {
                 ep.accelerated.fetch_sub(1, Ordering::AcqRel);
             }
-            st.ready.retain(|&r| r != gone.fd);
         }
     }
 }

@@ -82,7 +82,7 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags:
 /// # Safety
 /// `addr`/`len` as for connect(2).
 pub unsafe fn connect(
-    rec: &SocketRecord,
+    rec: &'static SocketRecord,
     fd: c_int,
     addr: *const sockaddr,
     len: socklen_t,

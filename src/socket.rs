@@ -42,6 +42,9 @@ pub struct SocketRecord {
     pub generation: AtomicU32,
     /// State of the accelerated data path (rings); untouched while on the kernel engine.
     pub io: Mutex<crate::uring::SockIo>,
+    /// Futex word bumped whenever the socket's readiness changes, for threads blocked on
+    /// it away from its owner ring.
+    wake: AtomicU32,
 }
 
 pub static SOCKETS: Pool<SocketRecord> = Pool::new(SocketRecord::new);
@@ -60,7 +63,12 @@ impl SocketRecord {
             ino: AtomicU64::new(0),
             generation: AtomicU32::new(0),
             io: Mutex::new(crate::uring::SockIo::new()),
+            wake: AtomicU32::new(0),
         }
+    }
+
+    pub fn wake_seq(&self) -> &AtomicU32 {
+        &self.wake
     }
 
     #[inline]
@@ -213,11 +221,12 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
             let left = rec.remove_alias(fd);
             if left == 0 {
                 crate::epoll::forget_socket(id);
-                if rec.engine() != Engine::Kernel {
-                    crate::uring::on_last_close(rec, app_close);
+                let draining =
+                    rec.engine() != Engine::Kernel && crate::uring::on_last_close(rec, app_close);
+                if !draining {
+                    rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+                    SOCKETS.release(id);
                 }
-                rec.engine.store(Engine::Kernel as u8, Ordering::Release);
-                SOCKETS.release(id);
             }
         }
         Entry::Epoll(id) => crate::epoll::on_close(id, fd),

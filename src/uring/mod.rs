@@ -1,98 +1,1318 @@
-//! The io_uring engine (foundation stub: reports itself unavailable, so every socket
-//! routed to it falls back to the kernel path and no socket is ever accelerated).
+//! The `uring` engine: accelerated TCP sockets on per-thread io_uring rings.
+//!
+//! ## Receive
+//! A socket's first interest in input (EPOLLIN registered, poll()ed, or a read that
+//! finds nothing queued) arms one multishot recv on the ring of the calling thread,
+//! which becomes the socket's *owner*. Completions queue the filled provided buffers on
+//! the socket ([`queues::RxQueue`]); reads copy out across buffers and give them back.
+//! Above `RINGSHIM_RECV_CAP` queued bytes the multishot is not re-armed, so TCP flow
+//! control pushes back on the peer.
+//!
+//! ## Send
+//! With nothing queued, a write from a thread that does not wait through the shim goes
+//! straight to the kernel (exactly the kernel's semantics). On an event-loop thread the
+//! bytes are copied into the socket's [`queues::TxQueue`] and one SENDMSG is queued on
+//! the ring; it reaches the kernel with the loop's next wait, so a reply costs no
+//! system call of its own. One send is in flight per socket (only a first attempt is
+//! ordered, liburing#1001); short sends continue from where they stopped. Errors are
+//! reported by the next call, SO_ERROR and EPOLLERR.
+//!
+//! ## Lifetimes
+//! close() cancels the receive first (a pending recv holds its own file reference and
+//! would keep the connection open), then keeps draining queued bytes on a private dup
+//! of the descriptor for up to `RINGSHIM_CLOSE_DRAIN_MS`, like the kernel's own close.
+//! fork children never touch the parent's rings: their copies of accelerated sockets
+//! deliver what was already received and then use the kernel.
 
+pub mod queues;
+pub mod ring;
 pub mod wait;
 
-use crate::errno::Errno;
-use crate::socket::SocketRecord;
+use crate::errno::{self, Errno};
+use crate::real;
+use crate::socket::{Engine, SocketRecord, SOCKETS};
+use crate::stats;
 use core::ffi::c_int;
+use core::sync::atomic::Ordering;
+use io_uring::{opcode, types};
+use queues::{RxBuf, RxQueue, TxQueue};
+use ring::{Op, Request, Ring};
 use ringshim_common::config::Config;
+use ringshim_common::stats::Counter;
 
-#[derive(Default)]
-pub struct SockIo {}
+/// Epoll instances one socket can be registered in while accelerated.
+pub const MAX_WATCHERS: usize = 4;
+const SEND_IOVS: usize = 8;
+
+/// Per-socket state of the ring engine, guarded by the record's mutex.
+pub struct SockIo {
+    /// 1 + id of the ring holding this socket's operations; 0: none.
+    pub owner: u32,
+    /// Generation of the record when it was activated (carried in user_data).
+    pub gen: u32,
+    /// The fd ring operations use (a private dup once the application closed it).
+    pub fd: i32,
+    pub rx: RxQueue,
+    pub recv_armed: bool,
+    /// The multishot was not re-armed because the queue reached its cap.
+    pub recv_paused: bool,
+    pub eof: bool,
+    /// Receive error to report once (ECONNRESET...).
+    pub rx_error: i32,
+    pub tx: TxQueue,
+    /// Bytes covered by the SENDMSG in flight (0: none).
+    pub send_inflight: usize,
+    send_iov: [libc::iovec; SEND_IOVS],
+    send_msg: libc::msghdr,
+    /// Send error: every later write fails with it.
+    pub tx_error: i32,
+    /// Error for the next SO_ERROR query.
+    pub so_error: i32,
+    pub shut_wr_pending: bool,
+    pub shut_wr_done: bool,
+    /// The application closed the last alias; queued bytes still draining.
+    pub closing: bool,
+    pub drain_deadline_ms: u64,
+    /// Rings cannot be used (fork child, demotion): deliver what is queued, then kernel.
+    pub detached: bool,
+    /// (epoll id, interest slot) of each epoll instance watching this socket.
+    pub watchers: [(u32, u32); MAX_WATCHERS],
+    pub nwatchers: usize,
+    /// Threads blocked on this socket outside its owner ring (futex on the record).
+    pub waiters: u32,
+}
+
+// SAFETY: the raw pointers in `send_msg`/`send_iov` point into this same value (a
+// type-stable record) or into its queue's chunks; the mutex serialises access.
+unsafe impl Send for SockIo {}
+
+impl Default for SockIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl SockIo {
     pub const fn new() -> SockIo {
-        SockIo {}
+        SockIo {
+            owner: 0,
+            gen: 0,
+            fd: -1,
+            rx: RxQueue::new(),
+            recv_armed: false,
+            recv_paused: false,
+            eof: false,
+            rx_error: 0,
+            tx: TxQueue::new(),
+            send_inflight: 0,
+            send_iov: [libc::iovec {
+                iov_base: core::ptr::null_mut(),
+                iov_len: 0,
+            }; SEND_IOVS],
+            // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
+            send_msg: unsafe { core::mem::zeroed() },
+            tx_error: 0,
+            so_error: 0,
+            shut_wr_pending: false,
+            shut_wr_done: false,
+            closing: false,
+            drain_deadline_ms: 0,
+            detached: false,
+            watchers: [(0, 0); MAX_WATCHERS],
+            nwatchers: 0,
+            waiters: 0,
+        }
     }
-    pub fn reset(&mut self) {}
+
+    pub fn reset(&mut self) {
+        self.rx.clear(&mut release_buffer);
+        self.tx.clear();
+        let watchers_cleared = SockIo::new();
+        let rx = core::mem::take(&mut self.rx);
+        let tx = core::mem::take(&mut self.tx);
+        *self = watchers_cleared;
+        self.rx = rx;
+        self.tx = tx;
+    }
+
+    fn owner_ring(&self) -> Option<&'static Ring> {
+        if self.owner == 0 {
+            return None;
+        }
+        ring::by_id((self.owner - 1) as u16)
+    }
+
+    /// Nothing of this socket is in flight on any ring: ownership may move.
+    fn idle_on_rings(&self) -> bool {
+        !self.recv_armed && self.send_inflight == 0
+    }
+
+    /// The kernel-equivalent readiness (EPOLL* bits) of this socket.
+    pub fn events(&self, send_cap: usize) -> u32 {
+        let mut ev = 0u32;
+        if !self.rx.is_empty() || self.eof || self.rx_error != 0 {
+            ev |= (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
+        }
+        if self.eof {
+            ev |= libc::EPOLLRDHUP as u32;
+        }
+        if self.tx_error != 0 || self.so_error != 0 {
+            ev |= libc::EPOLLERR as u32;
+        }
+        let write_closed = self.shut_wr_pending || self.shut_wr_done;
+        if self.tx_error != 0 || (self.eof && write_closed) || self.rx_error == libc::ECONNRESET {
+            ev |= libc::EPOLLHUP as u32;
+        }
+        if self.tx_error != 0 || write_closed || self.tx.bytes() <= send_cap / 2 {
+            ev |= (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
+        }
+        ev
+    }
+
+    pub fn add_watcher(&mut self, ep: u32, slot: u32) -> bool {
+        if self.nwatchers == MAX_WATCHERS {
+            return false;
+        }
+        self.watchers[self.nwatchers] = (ep, slot);
+        self.nwatchers += 1;
+        true
+    }
+
+    pub fn remove_watcher(&mut self, ep: u32, slot: u32) {
+        if let Some(i) = self.watchers[..self.nwatchers]
+            .iter()
+            .position(|&w| w == (ep, slot))
+        {
+            self.watchers[i] = self.watchers[self.nwatchers - 1];
+            self.nwatchers -= 1;
+        }
+    }
 }
 
-pub fn probe(_cfg: &Config) -> bool {
-    crate::log_warn!("io_uring engine not built yet; sockets stay on the kernel path");
-    false
-}
-pub fn available() -> bool {
-    false
-}
-pub fn activate(_rec: &SocketRecord, _fd: c_int) {}
-pub fn demote(_rec: &SocketRecord, _why: &str) {}
-pub fn on_last_close(_rec: &SocketRecord, _app_close: bool) {}
-pub fn unwatch(_rec: &SocketRecord, _epoll: u32, _fd: c_int) {}
-pub fn recv(
-    _rec: &SocketRecord,
-    _fd: c_int,
-    _iov: &[libc::iovec],
-    _flags: c_int,
-) -> Result<usize, Errno> {
-    Err(Errno(libc::EIO))
-}
-pub fn send(
-    _rec: &SocketRecord,
-    _fd: c_int,
-    _iov: &[libc::iovec],
-    _flags: c_int,
-) -> Result<usize, Errno> {
-    Err(Errno(libc::EIO))
-}
-pub fn shutdown(_rec: &SocketRecord, fd: c_int, how: c_int) -> Result<c_int, Errno> {
-    // SAFETY: plain forward.
-    let r = unsafe { crate::real::shutdown(fd, how) };
-    if r < 0 {
-        Err(crate::errno::last())
-    } else {
-        Ok(r)
+/// Gives a received buffer back to the ring it came from.
+pub fn release_buffer(ring_id: u16, bid: u16) {
+    if let Some(r) = ring::by_id(ring_id) {
+        r.give_back(bid);
     }
 }
+
+static AVAILABLE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Decides once, at load, whether the engine can run here; logs why not.
+pub fn probe(cfg: &Config) -> bool {
+    if let Some(e) = cfg.simulate_uring_failure {
+        crate::log_warn!("io_uring unavailable (simulated errno {e} by RINGSHIM_SIMULATE_URING_FAILURE); sockets stay on the kernel path");
+        return false;
+    }
+    let ok = match ring::build_uring(cfg) {
+        Ok(_probe_ring) => true,
+        Err(Errno(e)) => {
+            let why = match e {
+                libc::EPERM => {
+                    "EPERM: blocked by seccomp, or kernel.io_uring_disabled forbids this user"
+                }
+                libc::ENOSYS => "ENOSYS: kernel without io_uring, or a seccomp filter",
+                libc::ENOMEM => "ENOMEM: RLIMIT_MEMLOCK or memory cgroup limit",
+                _ => "io_uring_setup failed",
+            };
+            crate::log_warn!(
+                "io_uring unavailable ({why}, errno {e}); sockets stay on the kernel path"
+            );
+            false
+        }
+    };
+    AVAILABLE.store(ok, Ordering::Release);
+    ok
+}
+
+#[inline]
+pub fn available() -> bool {
+    AVAILABLE.load(Ordering::Acquire)
+}
+
+fn cfg() -> &'static Config {
+    crate::init::config()
+}
+
+fn now_ms() -> u64 {
+    // SAFETY: valid out-pointer.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Moves a connected socket onto the ring engine. Registrations the application made
+/// in kernel epoll sets (before a non-blocking connect finished) move into the shim.
+pub fn activate(rec: &'static SocketRecord, fd: c_int) {
+    if !available() {
+        return;
+    }
+    {
+        let mut io = rec.lock_io();
+        io.reset();
+        io.gen = rec.generation.load(Ordering::Acquire);
+        io.fd = fd;
+    }
+    rec.engine.store(Engine::Uring as u8, Ordering::Release);
+    stats::bump(Counter::SocketsOnUring);
+    wait::adopt_kernel_registrations(rec, fd);
+}
+
+/// Wakes whatever waits on this socket: epoll instances watching it, and threads
+/// blocked on it. Called with the socket's lock released.
+pub fn notify(rec: &SocketRecord, watchers: &[(u32, u32)], waiters: bool) {
+    for &(ep, slot) in watchers {
+        wait::mark_ready(ep, slot);
+    }
+    if waiters {
+        wake_waiters(rec);
+    }
+}
+
+fn wake_waiters(rec: &SocketRecord) {
+    let word = rec.wake_seq();
+    word.fetch_add(1, Ordering::Release);
+    // SAFETY: futex wake on an AtomicU32 inside a type-stable record.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
+}
+
+/// Arms the socket's receive if it should be armed, on its owner ring (taking
+/// ownership when nothing of it is in flight elsewhere).
+fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
+    if io.recv_armed || io.eof || io.rx_error != 0 || io.detached || io.closing {
+        return;
+    }
+    let c = cfg();
+    if io.rx.bytes() >= c.recv_cap as usize || io.rx.slots_free() < 8 {
+        if !io.recv_paused {
+            stats::bump(Counter::RecvPaused);
+        }
+        io.recv_paused = true;
+        return;
+    }
+    io.recv_paused = false;
+    let Some(mine) = ring::mine() else {
+        return;
+    };
+    if io.owner == 0 || (io.owner != u32::from(mine.id) + 1 && io.idle_on_rings()) {
+        io.owner = u32::from(mine.id) + 1;
+    }
+    let id = rec.id.load(Ordering::Relaxed);
+    if io.owner == u32::from(mine.id) + 1 {
+        mine.push(ring::recv_multi(io.fd, id, io.gen));
+        io.recv_armed = true;
+    } else if let Some(owner) = io.owner_ring() {
+        owner.post_request(id, io.gen, Request::ArmRecv);
+    }
+}
+
+/// Queues the next SENDMSG for the socket's queued bytes on its owner ring.
+fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
+    if io.send_inflight != 0 || io.tx.is_empty() || io.detached {
+        return;
+    }
+    let mine = ring::mine();
+    if let Some(m) = mine {
+        if io.owner == 0 || (io.owner != u32::from(m.id) + 1 && io.idle_on_rings()) {
+            io.owner = u32::from(m.id) + 1;
+        }
+    }
+    let id = rec.id.load(Ordering::Relaxed);
+    match (mine, io.owner_ring()) {
+        (Some(m), Some(o)) if core::ptr::eq(m, o) => {
+            let n = io.tx.front_iovecs(&mut io.send_iov);
+            io.send_inflight = io.send_iov[..n].iter().map(|v| v.iov_len).sum();
+            io.send_msg.msg_iov = io.send_iov.as_mut_ptr();
+            io.send_msg.msg_iovlen = n as _;
+            let sqe = opcode::SendMsg::new(types::Fd(io.fd), &io.send_msg)
+                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+                .build()
+                .user_data(ring::user_data(Op::Send, id, io.gen));
+            m.push(sqe);
+            stats::bump(Counter::SendSubmissions);
+        }
+        (_, Some(o)) => o.post_request(id, io.gen, Request::Send),
+        _ => {}
+    }
+}
+
+/// The socket for a completion, if it is still the same socket (generation check).
+fn socket_for(id: u32, gen: u32) -> Option<&'static SocketRecord> {
+    let rec = SOCKETS.get(id)?;
+    (rec.generation.load(Ordering::Acquire) & 0xff_ffff == gen & 0xff_ffff).then_some(rec)
+}
+
+/// Runs everything pending on this thread's ring: returned buffers, requests from
+/// other threads, completions. Returns the number of completions handled.
+pub fn process(ring: &Ring) -> usize {
+    ring::with_busy(|| process_inner(ring))
+}
+
+fn process_inner(ring: &Ring) -> usize {
+    ring.replenish();
+    while let Some((id, gen, req)) = ring.next_request() {
+        let Some(rec) = socket_for(id, gen) else {
+            continue;
+        };
+        let mut io = rec.lock_io();
+        match req {
+            Request::ArmRecv => ensure_recv(rec, &mut io),
+            Request::Send => submit_send(rec, &mut io),
+            Request::CancelRecv => {
+                if io.recv_armed {
+                    ring.push(
+                        opcode::AsyncCancel::new(ring::user_data(Op::Recv, id, gen))
+                            .build()
+                            .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                    );
+                }
+            }
+        }
+    }
+    if ring.work_pending() || ring.has_unsubmitted() {
+        let _ = ring.submit();
+    }
+    let mut handled = 0;
+    let mut batch = [(0u64, 0i32, 0u32); 128];
+    loop {
+        let n = ring.take_completions(&mut batch);
+        for &(ud, res, flags) in &batch[..n] {
+            complete(ring, ud, res, flags);
+        }
+        handled += n;
+        stats::add(Counter::Completions, n as u64);
+        if n < batch.len() {
+            break;
+        }
+    }
+    ring.replenish();
+    if ring.has_starved() {
+        for (id, gen) in ring.take_starved() {
+            if let Some(rec) = socket_for(id, gen) {
+                let mut io = rec.lock_io();
+                ensure_recv(rec, &mut io);
+            }
+        }
+    }
+    if !ring.draining().is_empty() {
+        check_drain_deadlines(ring);
+    }
+    handled
+}
+
+fn complete(ring: &Ring, ud: u64, res: i32, flags: u32) {
+    let (op, id, gen) = ring::decode(ud);
+    match op {
+        Some(Op::Recv) => on_recv(ring, id, gen, res, flags),
+        Some(Op::Send) => on_send(ring, id, gen, res),
+        Some(Op::EpollReady) => ring.on_epoll_ready(id),
+        Some(Op::Wake) => ring.on_wake(ring::more(flags)),
+        Some(Op::PollFd) => wait::on_poll_fd(id, gen, res),
+        Some(Op::Cancel) | None => {}
+    }
+}
+
+fn on_recv(ring: &Ring, id: u32, gen: u32, res: i32, flags: u32) {
+    let bid = ring::buffer_select(flags);
+    let Some(rec) = socket_for(id, gen) else {
+        if let Some(b) = bid {
+            ring.give_back(b);
+        }
+        return;
+    };
+    let more = ring::more(flags);
+    let mut io = rec.lock_io();
+    if io.closing || io.detached {
+        if let Some(b) = bid {
+            ring.give_back(b);
+        }
+        if !more {
+            io.recv_armed = false;
+        }
+        return;
+    }
+    if !more {
+        io.recv_armed = false;
+    }
+    match (res, bid) {
+        (n, Some(b)) if n > 0 => {
+            io.rx.push(
+                RxBuf {
+                    addr: ring.buffer_addr(b),
+                    ring: ring.id,
+                    bid: b,
+                    off: 0,
+                    len: n as u32,
+                },
+                &mut release_buffer,
+            );
+            stats::add(Counter::BytesReceived, n as u64);
+            stats::bump(Counter::RecvCompletions);
+            if !io.recv_armed {
+                ensure_recv(rec, &mut io);
+            }
+        }
+        (0, None) => io.eof = true,
+        (e, _) if e == -libc::ENOBUFS => {
+            stats::bump(Counter::NoBuffers);
+            ring.starve(id, gen);
+        }
+        (e, b) if e < 0 => {
+            if let Some(b) = b {
+                ring.give_back(b);
+            }
+            if e != -libc::ECANCELED {
+                io.rx_error = -e;
+                io.so_error = -e;
+            }
+        }
+        (_, Some(b)) => ring.give_back(b),
+        _ => {}
+    }
+    let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
+    drop(io);
+    notify(rec, &watchers[..n], waiters);
+}
+
+fn on_send(ring: &Ring, id: u32, gen: u32, res: i32) {
+    let Some(rec) = socket_for(id, gen) else {
+        return;
+    };
+    let mut io = rec.lock_io();
+    io.send_inflight = 0;
+    if res > 0 {
+        io.tx.consume(res as usize);
+        stats::add(Counter::BytesSent, res as u64);
+        if !io.tx.is_empty() {
+            submit_send(rec, &mut io);
+        } else if io.shut_wr_pending && !io.shut_wr_done {
+            io.shut_wr_done = true;
+            // SAFETY: plain shutdown of the socket's own fd.
+            unsafe { real::shutdown(io.fd, libc::SHUT_WR) };
+        }
+    } else if res < 0 && res != -libc::ECANCELED {
+        io.tx_error = -res;
+        io.so_error = -res;
+        io.tx.clear();
+    } else if res == -libc::ECANCELED {
+        io.tx.clear();
+    }
+    if io.closing && io.tx.is_empty() && io.send_inflight == 0 {
+        finish_drain(ring, rec, &mut io, id);
+        return;
+    }
+    let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
+    drop(io);
+    notify(rec, &watchers[..n], waiters);
+}
+
+/// The last bytes of a closed socket left: close the private descriptor and free the
+/// record.
+fn finish_drain(ring: &Ring, rec: &SocketRecord, io: &mut SockIo, id: u32) {
+    if io.shut_wr_pending && !io.shut_wr_done {
+        // SAFETY: our private dup.
+        unsafe { real::shutdown(io.fd, libc::SHUT_WR) };
+    }
+    // SAFETY: the private dup made at close; nobody else knows this number.
+    unsafe { real::close(io.fd) };
+    io.fd = -1;
+    io.closing = false;
+    ring.draining().retain(|&(i, _)| i != id);
+    rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+    if io.waiters > 0 {
+        wake_waiters(rec);
+    }
+    SOCKETS.release(id);
+}
+
+fn check_drain_deadlines(ring: &Ring) {
+    let now = now_ms();
+    let list: Vec<(u32, u32)> = ring.draining().clone();
+    for (id, gen) in list {
+        let Some(rec) = socket_for(id, gen) else {
+            ring.draining().retain(|&(i, _)| i != id);
+            continue;
+        };
+        let mut io = rec.lock_io();
+        if io.closing && now >= io.drain_deadline_ms {
+            crate::log_debug!(
+                "socket {} close drain timed out with {} bytes unsent",
+                id,
+                io.tx.bytes()
+            );
+            io.tx.clear();
+            if io.send_inflight != 0 {
+                ring.push(
+                    opcode::AsyncCancel::new(ring::user_data(Op::Send, id, gen))
+                        .build()
+                        .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                );
+                io.drain_deadline_ms = u64::MAX;
+            } else {
+                finish_drain(ring, rec, &mut io, id);
+            }
+        }
+    }
+}
+
+/// Hands this thread's queued SQEs to the kernel. Cheap when there are none: called
+/// before every wait the shim does not serve itself.
+#[inline]
+pub fn submit_pending() {
+    if let Some(r) = ring::current() {
+        if r.has_unsubmitted() {
+            let _ = ring::with_busy(|| r.submit());
+        }
+    }
+}
+
+/// Raises SIGPIPE for the calling thread, as the kernel does for a send on a closed
+/// connection without MSG_NOSIGNAL.
+fn sigpipe(flags: c_int) {
+    if flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: signalling the calling thread.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
+    }
+}
+
+/// Blocks until `ready(io)` holds or the timeout passes. On the owner thread the wait is
+/// the ring itself; elsewhere a futex on the record, woken by the owner's completions.
+fn block_until(
+    rec: &SocketRecord,
+    timeout_ms: Option<u64>,
+    ready: impl Fn(&SockIo) -> bool,
+) -> Result<(), Errno> {
+    let deadline = timeout_ms.map(|t| now_ms() + t);
+    loop {
+        let mine = ring::mine();
+        let (owner_is_me, seq) = {
+            let mut io = rec.lock_io();
+            if ready(&io) {
+                return Ok(());
+            }
+            if let Some(m) = mine {
+                if io.owner == 0 || (io.owner != u32::from(m.id) + 1 && io.idle_on_rings()) {
+                    io.owner = u32::from(m.id) + 1;
+                }
+            }
+            ensure_recv(rec, &mut io);
+            submit_send(rec, &mut io);
+            let me = mine.is_some_and(|m| io.owner == u32::from(m.id) + 1);
+            if !me {
+                io.waiters += 1;
+            }
+            (me, rec.wake_seq().load(Ordering::Acquire))
+        };
+        let left = match deadline {
+            Some(d) => {
+                let now = now_ms();
+                if now >= d {
+                    if !owner_is_me {
+                        rec.lock_io().waiters -= 1;
+                    }
+                    return Err(Errno(libc::EAGAIN));
+                }
+                Some(d - now)
+            }
+            None => None,
+        };
+        let r = if owner_is_me {
+            let m = mine.unwrap_or_else(|| unreachable!());
+            process(m);
+            if ready(&rec.lock_io()) {
+                return Ok(());
+            }
+            let ts = left.map(|l| {
+                types::Timespec::new()
+                    .sec(l / 1000)
+                    .nsec(((l % 1000) * 1_000_000) as u32)
+            });
+            let r = ring::with_busy(|| m.wait(ts.as_ref(), None));
+            process(m);
+            r
+        } else {
+            if let Some(o) = rec.lock_io().owner_ring() {
+                o.post_request(
+                    rec.id.load(Ordering::Relaxed),
+                    rec.lock_io().gen,
+                    Request::ArmRecv,
+                );
+            }
+            let ts = left.map(|l| libc::timespec {
+                tv_sec: (l / 1000) as i64,
+                tv_nsec: ((l % 1000) * 1_000_000) as i64,
+            });
+            // SAFETY: futex wait on the record's sequence word with our own timeout.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    rec.wake_seq().as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    seq,
+                    ts.as_ref()
+                        .map_or(core::ptr::null(), |t| t as *const libc::timespec),
+                )
+            };
+            rec.lock_io().waiters -= 1;
+            if r < 0 && errno::get() == libc::EINTR {
+                Err(Errno(libc::EINTR))
+            } else {
+                Ok(())
+            }
+        };
+        r?;
+    }
+}
+
+/// SO_RCVTIMEO / SO_SNDTIMEO of the socket, in ms (None: wait forever).
+fn socket_timeout(fd: c_int, opt: c_int) -> Option<u64> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = core::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: valid out-buffer and length.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    Some(tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000)
+}
+
+fn iov_total(iov: &[libc::iovec]) -> usize {
+    iov.iter()
+        .map(|v| v.iov_len)
+        .fold(0usize, |a, b| a.saturating_add(b))
+}
+
+/// recv()/read()/readv()/recvmsg() on an accelerated socket.
+pub fn recv(
+    rec: &'static SocketRecord,
+    fd: c_int,
+    iov: &[libc::iovec],
+    flags: c_int,
+) -> Result<usize, Errno> {
+    stats::bump(Counter::CallsIntercepted);
+    if flags & libc::MSG_OOB != 0 {
+        demote(rec, "MSG_OOB receive");
+        return kernel_recv(fd, iov, flags);
+    }
+    let want = iov_total(iov);
+    let peek = flags & libc::MSG_PEEK != 0;
+    let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek && !nonblocking;
+    let mut done = 0usize;
+    loop {
+        let mut io = rec.lock_io();
+        if io.detached && io.rx.is_empty() {
+            drop(io);
+            finish_detach(rec);
+            if done > 0 {
+                return Ok(done);
+            }
+            return kernel_recv(fd, iov, flags);
+        }
+        if !io.rx.is_empty() && want > done {
+            let n = if flags & libc::MSG_TRUNC != 0 {
+                io.rx.discard(want - done, &mut release_buffer)
+            } else {
+                let mut slices: [&mut [u8]; 16] = Default::default();
+                let mut ns = 0;
+                let mut skip = done;
+                for v in iov {
+                    if ns == slices.len() {
+                        break;
+                    }
+                    if skip >= v.iov_len {
+                        skip -= v.iov_len;
+                        continue;
+                    }
+                    // SAFETY: the caller's iovec describes writable memory of iov_len
+                    // bytes (read(2) contract); we write at most that.
+                    slices[ns] = unsafe {
+                        core::slice::from_raw_parts_mut(
+                            (v.iov_base as *mut u8).add(skip),
+                            v.iov_len - skip,
+                        )
+                    };
+                    skip = 0;
+                    ns += 1;
+                }
+                io.rx
+                    .read_into(&mut slices[..ns], peek, &mut release_buffer)
+            };
+            done += n;
+            stats::bump(Counter::SyscallsAvoided);
+            if io.recv_paused && io.rx.bytes() < cfg().recv_cap as usize / 2 {
+                ensure_recv(rec, &mut io);
+            }
+            if !waitall || done == want || io.eof || io.rx_error != 0 {
+                return Ok(done);
+            }
+            continue;
+        }
+        if done > 0 && (!waitall || want == done) {
+            return Ok(done);
+        }
+        if want == 0 {
+            return Ok(0);
+        }
+        if io.rx_error != 0 {
+            let e = io.rx_error;
+            io.rx_error = 0;
+            io.so_error = 0;
+            io.eof = true;
+            if done > 0 {
+                return Ok(done);
+            }
+            return Err(Errno(e));
+        }
+        if io.eof {
+            return Ok(done);
+        }
+        if !io.recv_armed && !io.closing && done == 0 && io.owner == 0 {
+            // Nothing queued and no receive in flight anywhere: the kernel socket holds
+            // the next bytes, so a direct call is exact and costs what it always cost.
+            drop(io);
+            let r = kernel_recv(
+                fd,
+                iov,
+                flags | if nonblocking { libc::MSG_DONTWAIT } else { 0 },
+            );
+            match r {
+                Err(Errno(libc::EAGAIN)) if nonblocking => {
+                    let mut io = rec.lock_io();
+                    ensure_recv(rec, &mut io);
+                    return Err(Errno(libc::EAGAIN));
+                }
+                other => return other,
+            }
+        }
+        ensure_recv(rec, &mut io);
+        if nonblocking {
+            return if done > 0 {
+                Ok(done)
+            } else {
+                Err(Errno(libc::EAGAIN))
+            };
+        }
+        drop(io);
+        let timeout = socket_timeout(fd, libc::SO_RCVTIMEO);
+        match block_until(rec, timeout, |io| {
+            !io.rx.is_empty() || io.eof || io.rx_error != 0 || io.detached
+        }) {
+            Ok(()) => {}
+            Err(e) if done > 0 && e.0 == libc::EAGAIN => return Ok(done),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn kernel_recv(fd: c_int, iov: &[libc::iovec], flags: c_int) -> Result<usize, Errno> {
+    // SAFETY: all-zero msghdr is valid; the iovecs are the caller's.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: forwarding the caller's buffers to the kernel.
+    let r = unsafe { real::recvmsg(fd, &mut msg, flags) };
+    if r < 0 {
+        Err(errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn kernel_send(fd: c_int, iov: &[libc::iovec], flags: c_int) -> Result<usize, Errno> {
+    // SAFETY: all-zero msghdr is valid; the iovecs are the caller's.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: forwarding the caller's buffers to the kernel.
+    let r = unsafe { real::sendmsg(fd, &msg, flags) };
+    if r < 0 {
+        Err(errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// send()/write()/writev()/sendmsg() on an accelerated socket.
+pub fn send(
+    rec: &'static SocketRecord,
+    fd: c_int,
+    iov: &[libc::iovec],
+    flags: c_int,
+) -> Result<usize, Errno> {
+    stats::bump(Counter::CallsIntercepted);
+    if flags & libc::MSG_OOB != 0 {
+        demote(rec, "MSG_OOB send");
+        return kernel_send(fd, iov, flags);
+    }
+    let total = iov_total(iov);
+    let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
+    let cap = cfg().send_cap as usize;
+    let mut accepted = 0usize;
+    loop {
+        let mut io = rec.lock_io();
+        if io.tx_error != 0 {
+            let e = io.tx_error;
+            io.so_error = 0;
+            if e == libc::EPIPE {
+                sigpipe(flags);
+            }
+            return if accepted > 0 {
+                Ok(accepted)
+            } else {
+                Err(Errno(e))
+            };
+        }
+        if io.shut_wr_pending || io.shut_wr_done {
+            sigpipe(flags);
+            return Err(Errno(libc::EPIPE));
+        }
+        let loop_thread = ring::current().is_some_and(|r| r.loop_thread());
+        if io.detached
+            || (io.tx.is_empty()
+                && io.send_inflight == 0
+                && (!loop_thread || !nonblocking)
+                && accepted == 0)
+        {
+            // Nothing queued: the kernel call is exact. Event-loop threads batch instead.
+            drop(io);
+            return kernel_send(fd, iov, flags);
+        }
+        // Copy as much as the cap allows, across the caller's iovecs.
+        let mut skip = accepted;
+        for v in iov {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            // SAFETY: the caller's iovec describes readable memory (write(2) contract).
+            let data = unsafe {
+                core::slice::from_raw_parts((v.iov_base as *const u8).add(skip), v.iov_len - skip)
+            };
+            skip = 0;
+            let n = io.tx.push(data, cap);
+            accepted += n;
+            if n < data.len() {
+                break;
+            }
+        }
+        submit_send(rec, &mut io);
+        if accepted == total {
+            stats::bump(Counter::SyscallsAvoided);
+            return Ok(total);
+        }
+        if nonblocking {
+            if accepted == 0 {
+                stats::bump(Counter::SendBackpressure);
+                return Err(Errno(libc::EAGAIN));
+            }
+            return Ok(accepted);
+        }
+        drop(io);
+        let timeout = socket_timeout(fd, libc::SO_SNDTIMEO);
+        match block_until(rec, timeout, |io| {
+            io.tx.bytes() <= cap / 2 || io.tx_error != 0
+        }) {
+            Ok(()) => {}
+            Err(e) if accepted > 0 && e.0 == libc::EAGAIN => return Ok(accepted),
+            Err(e) => return if accepted > 0 { Ok(accepted) } else { Err(e) },
+        }
+    }
+}
+
+/// Waits until every queued byte of the socket reached the kernel (before sendfile,
+/// splice, fork, exec and demotion, which write through the kernel directly).
+pub fn flush(rec: &'static SocketRecord) {
+    let pending = {
+        let io = rec.lock_io();
+        !io.tx.is_empty() || io.send_inflight != 0
+    };
+    if pending {
+        let _ = block_until(rec, Some(u64::from(cfg().close_drain_ms)), |io| {
+            (io.tx.is_empty() && io.send_inflight == 0) || io.tx_error != 0
+        });
+    }
+}
+
+/// Flushes every accelerated socket (exec, fork).
+pub fn flush_all() {
+    if !available() {
+        return;
+    }
+    let mut fds: Vec<i32> = Vec::new();
+    crate::fdtable::for_each(|fd, e| {
+        if matches!(e, crate::fdtable::Entry::Socket(_)) {
+            fds.push(fd);
+        }
+    });
+    for fd in fds {
+        if let Some(rec) = crate::socket::accelerated(fd) {
+            flush(rec);
+        }
+    }
+}
+
+pub fn before_fork() {
+    flush_all();
+}
+
+/// In the fork child: rings belong to the parent. Accelerated sockets keep the bytes
+/// already received (delivered first) and use the kernel afterwards; bytes the parent
+/// still had queued to send are the parent's to send.
+pub fn after_fork_child() {
+    ring::forget_all_after_fork();
+    for id in 0..SOCKETS.high_water() {
+        let Some(rec) = SOCKETS.get(id) else { continue };
+        if rec.engine() != Engine::Uring {
+            continue;
+        }
+        let mut io = rec.lock_io();
+        io.owner = 0;
+        io.recv_armed = false;
+        io.send_inflight = 0;
+        io.tx.clear();
+        io.detached = true;
+        io.waiters = 0;
+        if io.closing {
+            // A parent's draining close: the child's copy of the private dup is closed.
+            // SAFETY: our private descriptor.
+            unsafe { real::close(io.fd) };
+            io.closing = false;
+        }
+    }
+}
+
+/// Moves a socket to the kernel for good, after flushing queued sends; received bytes
+/// are still delivered first.
+pub fn demote(rec: &'static SocketRecord, why: &str) {
+    if rec.engine() != Engine::Uring {
+        return;
+    }
+    flush(rec);
+    let id = rec.id.load(Ordering::Relaxed);
+    {
+        let io = rec.lock_io();
+        if io.detached {
+            return;
+        }
+        if io.recv_armed {
+            match (ring::current(), io.owner_ring()) {
+                (Some(m), Some(o)) if core::ptr::eq(m, o) => {
+                    m.push(
+                        opcode::AsyncCancel::new(ring::user_data(Op::Recv, id, io.gen))
+                            .build()
+                            .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                    );
+                }
+                (_, Some(o)) => o.post_request(id, io.gen, Request::CancelRecv),
+                _ => {}
+            }
+        }
+    }
+    // Wait for the receive to stop so no byte is taken by the ring after this point.
+    let _ = block_until(rec, Some(1000), |io| !io.recv_armed);
+    rec.lock_io().detached = true;
+    stats::bump(Counter::Demotions);
+    crate::log_debug!("socket {} demoted to the kernel path: {}", id, why);
+    if rec.lock_io().rx.is_empty() {
+        finish_detach(rec);
+    }
+}
+
+/// A detached socket has delivered everything the ring received: it becomes a plain
+/// kernel socket, registered in the kernel epoll sets that watch it.
+fn finish_detach(rec: &'static SocketRecord) {
+    if rec.engine() != Engine::Uring {
+        return;
+    }
+    let watchers = {
+        let mut io = rec.lock_io();
+        let w = io.watchers;
+        let n = io.nwatchers;
+        io.nwatchers = 0;
+        (w, n)
+    };
+    rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+    for &(ep, slot) in &watchers.0[..watchers.1] {
+        wait::return_to_kernel(ep, slot);
+    }
+}
+
+/// The last alias was closed (or the number was reused, `app_close` false). Returns
+/// true when the record must stay alive because queued bytes are still draining.
+pub fn on_last_close(rec: &'static SocketRecord, app_close: bool) -> bool {
+    let id = rec.id.load(Ordering::Relaxed);
+    let mut io = rec.lock_io();
+    let mine = ring::current();
+    let owner_is_me = matches!((mine, io.owner_ring()), (Some(m), Some(o)) if core::ptr::eq(m, o));
+    if io.recv_armed {
+        let cancel = ring::user_data(Op::Recv, id, io.gen);
+        if owner_is_me {
+            let m = mine.unwrap_or_else(|| unreachable!());
+            m.push(
+                opcode::AsyncCancel::new(cancel)
+                    .build()
+                    .user_data(ring::user_data(Op::Cancel, 0, 0)),
+            );
+        } else if let Some(o) = io.owner_ring() {
+            o.post_request(id, io.gen, Request::CancelRecv);
+        }
+    }
+    io.rx.clear(&mut release_buffer);
+    io.nwatchers = 0;
+    let pending = !io.tx.is_empty() || io.send_inflight != 0;
+    if !app_close || !pending || io.detached {
+        if owner_is_me {
+            // The cancel must reach the kernel before the descriptor goes: a recv
+            // still armed would hold the socket open (no FIN).
+            let _ = mine.map(|m| ring::with_busy(|| m.submit()));
+        }
+        io.tx.clear();
+        io.closing = false;
+        return false;
+    }
+    // SO_LINGER decides: {on, 0} discards (RST), {on, t} blocks up to t, off drains in
+    // the background like the kernel.
+    let mut linger = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    let mut len = core::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: valid out-buffer.
+    unsafe {
+        real::getsockopt(
+            io.fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut linger as *mut libc::linger).cast(),
+            &mut len,
+        )
+    };
+    if linger.l_onoff != 0 && linger.l_linger == 0 {
+        io.tx.clear();
+        if let Some(m) = mine.filter(|_| owner_is_me) {
+            if io.send_inflight != 0 {
+                m.push(
+                    opcode::AsyncCancel::new(ring::user_data(Op::Send, id, io.gen))
+                        .build()
+                        .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                );
+            }
+            let _ = ring::with_busy(|| m.submit());
+        }
+        return false;
+    }
+    // SAFETY: duplicating the socket's fd, which is still open (the real close has not
+    // happened yet).
+    let private = unsafe { real::fcntl(io.fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if private < 0 {
+        drop(io);
+        flush(rec);
+        return false;
+    }
+    stats::bump(Counter::ClosesDraining);
+    let gen = io.gen;
+    if owner_is_me {
+        // The in-flight send names the old fd number: hand it to the kernel now,
+        // before that number is closed.
+        let _ = mine.map(|m| ring::with_busy(|| m.submit()));
+    }
+    io.fd = private;
+    io.closing = true;
+    let bound = if linger.l_onoff != 0 {
+        linger.l_linger as u64 * 1000
+    } else {
+        u64::from(cfg().close_drain_ms)
+    };
+    io.drain_deadline_ms = now_ms() + bound;
+    if io.send_inflight == 0 {
+        submit_send(rec, &mut io);
+    }
+    let owner = io.owner_ring();
+    drop(io);
+    if let Some(o) = owner {
+        if o.is_mine() {
+            o.add_draining(id, gen);
+        }
+    }
+    if linger.l_onoff != 0 {
+        let _ = block_until(rec, Some(bound), |io| !io.closing);
+    }
+    true
+}
+
+pub fn unwatch(rec: &SocketRecord, ep: u32, slot: u32) {
+    rec.lock_io().remove_watcher(ep, slot);
+}
+
+/// shutdown() on an accelerated socket: SHUT_WR waits behind queued bytes.
+pub fn shutdown(rec: &'static SocketRecord, fd: c_int, how: c_int) -> Result<c_int, Errno> {
+    let mut io = rec.lock_io();
+    let wr = how == libc::SHUT_WR || how == libc::SHUT_RDWR;
+    let rd = how == libc::SHUT_RD || how == libc::SHUT_RDWR;
+    if !(libc::SHUT_RD..=libc::SHUT_RDWR).contains(&how) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if wr && (!io.tx.is_empty() || io.send_inflight != 0) && !io.detached {
+        io.shut_wr_pending = true;
+        if rd {
+            // SAFETY: plain shutdown of the read side.
+            if unsafe { real::shutdown(fd, libc::SHUT_RD) } < 0 {
+                return Err(errno::last());
+            }
+        }
+        let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
+        drop(io);
+        notify(rec, &watchers[..n], waiters);
+        return Ok(0);
+    }
+    // SAFETY: plain forward.
+    let r = unsafe { real::shutdown(fd, how) };
+    if r < 0 {
+        return Err(errno::last());
+    }
+    if wr {
+        io.shut_wr_done = true;
+    }
+    let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
+    drop(io);
+    notify(rec, &watchers[..n], waiters);
+    Ok(r)
+}
+
+/// getsockopt: SO_ERROR reports errors the ring saw; everything else is the kernel's.
+///
 /// # Safety
 /// As getsockopt(2).
 pub unsafe fn getsockopt(
-    _rec: &SocketRecord,
+    rec: &SocketRecord,
     fd: c_int,
     level: c_int,
     name: c_int,
     val: *mut libc::c_void,
     len: *mut libc::socklen_t,
 ) -> Result<c_int, Errno> {
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !val.is_null() && !len.is_null() {
+        let mut io = rec.lock_io();
+        // SAFETY: caller contract: *len readable.
+        if io.so_error != 0 && unsafe { *len } as usize >= core::mem::size_of::<c_int>() {
+            let e = io.so_error;
+            io.so_error = 0;
+            // SAFETY: caller contract: at least *len >= 4 writable bytes.
+            unsafe {
+                *(val as *mut c_int) = e;
+                *len = core::mem::size_of::<c_int>() as libc::socklen_t;
+            }
+            return Ok(0);
+        }
+    }
     // SAFETY: plain forward.
-    let r = unsafe { crate::real::getsockopt(fd, level, name, val, len) };
+    let r = unsafe { real::getsockopt(fd, level, name, val, len) };
     if r < 0 {
-        Err(crate::errno::last())
+        Err(errno::last())
     } else {
         Ok(r)
     }
 }
-pub fn before_setsockopt(_rec: &SocketRecord, _level: c_int, _name: c_int) {}
+
+/// Options that change the data path in ways the ring engine does not model send the
+/// socket back to the kernel before they take effect.
+pub fn before_setsockopt(rec: &'static SocketRecord, level: c_int, name: c_int) {
+    let unsupported = match level {
+        libc::SOL_SOCKET => matches!(
+            name,
+            libc::SO_OOBINLINE
+                | libc::SO_RCVLOWAT
+                | libc::SO_TIMESTAMP
+                | libc::SO_TIMESTAMPNS
+                | libc::SO_TIMESTAMPING
+                | libc::SO_ZEROCOPY
+        ),
+        libc::IPPROTO_TCP => matches!(name, libc::TCP_REPAIR | libc::TCP_INQ),
+        _ => false,
+    };
+    if unsupported {
+        demote(rec, "socket option outside the ring engine's model");
+    }
+}
+
+/// ioctl requests whose answer depends on bytes the shim holds.
+///
 /// # Safety
-/// As ioctl(2).
+/// `arg` must be valid for the request, as for ioctl(2).
 pub unsafe fn ioctl(
-    _rec: &SocketRecord,
-    _fd: c_int,
-    _req: libc::c_ulong,
-    _arg: usize,
+    rec: &SocketRecord,
+    fd: c_int,
+    request: libc::c_ulong,
+    arg: usize,
 ) -> Option<Result<c_int, Errno>> {
-    None
+    let held = {
+        let io = rec.lock_io();
+        match request {
+            libc::FIONREAD => io.rx.bytes(),
+            libc::TIOCOUTQ => io.tx.bytes(),
+            _ => return None,
+        }
+    };
+    let mut kernel: c_int = 0;
+    // SAFETY: our own int as the out-argument.
+    let r = unsafe { real::ioctl(fd, request, &mut kernel as *mut c_int as usize) };
+    if r < 0 {
+        return Some(Err(errno::last()));
+    }
+    if arg == 0 {
+        return Some(Err(Errno(libc::EFAULT)));
+    }
+    // SAFETY: the caller passed a pointer to an int for these requests.
+    unsafe { *(arg as *mut c_int) = kernel.saturating_add(held as c_int) };
+    Some(Ok(0))
 }
-pub fn flush(_rec: &SocketRecord) {}
-pub fn flush_all() {}
+
+/// splice from an accelerated socket that still holds received bytes: they go out
+/// first, through a plain write to the destination.
 pub fn splice_out_queued(
-    _rec: &SocketRecord,
-    _fd_in: c_int,
-    _fd_out: c_int,
-    _len: usize,
+    rec: &'static SocketRecord,
+    fd_in: c_int,
+    fd_out: c_int,
+    len: usize,
 ) -> Result<usize, Errno> {
-    Err(Errno(libc::EIO))
+    let mut buf = [0u8; 16384];
+    let n = len.min(buf.len());
+    let iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: n,
+    }];
+    let got = recv(rec, fd_in, &iov, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+    // SAFETY: writing our own buffer.
+    let w = unsafe { real::write(fd_out, buf.as_ptr().cast(), got) };
+    if w < 0 {
+        return Err(errno::last());
+    }
+    let drop_iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: w as usize,
+    }];
+    recv(rec, fd_in, &drop_iov, libc::MSG_DONTWAIT)?;
+    Ok(w as usize)
 }
-pub fn submit_pending() {}
-pub fn before_fork() {}
-pub fn after_fork_child() {}

@@ -1,73 +1,865 @@
-//! Merged readiness (foundation stub).
+//! Merged readiness: epoll, poll and select over kernel fds and accelerated sockets.
+//!
+//! Accelerated sockets are not in the kernel epoll set; their readiness is computed
+//! from shim state and kept in each epoll instance's ready list, fed by completions
+//! ([`mark_ready`]). `epoll_wait` on an instance with accelerated members is one loop on
+//! the caller's ring: run completions, harvest the ready list, read the kernel set only
+//! when its poll request fired, and otherwise sleep in ONE `io_uring_enter` that also
+//! submits queued work and honours the timeout and signal mask.
+//!
+//! An eventfd (the *bridge*) is a member of every such kernel set. It is written only
+//! when someone outside the owner's loop must see shim readiness — another thread
+//! sleeping on the same instance, an epoll nesting this one, a poll() on the epoll fd —
+//! so the kernel-visible readiness of the epoll fd stays true without costing the
+//! single-threaded loop a system call.
 
-use crate::epoll::EpollRecord;
-use crate::errno::Errno;
-use crate::socket::SocketRecord;
+use super::ring::{self, Op};
+use super::{ensure_recv, process};
+use crate::epoll::{EpollRecord, Interest, EPOLLS};
+use crate::errno::{self, Errno};
+use crate::real;
+use crate::socket::{SocketRecord, SOCKETS};
+use crate::stats;
+use core::cell::Cell;
 use core::ffi::c_int;
+use core::sync::atomic::Ordering;
+use io_uring::{opcode, types};
 use libc::{epoll_event, fd_set, nfds_t, pollfd, sigset_t, timespec};
+use ringshim_common::stats::Counter;
 
-pub fn merged(_ep: &EpollRecord) -> bool {
-    false
+/// data of the bridge eventfd in kernel sets ("RINGSHIM"); filtered from results.
+const BRIDGE_TAG: u64 = 0x5249_4e47_5348_494d;
+
+/// Whether epoll_wait on this instance needs the shim (it has accelerated members).
+#[inline]
+pub fn merged(ep: &EpollRecord) -> bool {
+    ep.accelerated.load(Ordering::Acquire) > 0
 }
-pub fn expose(_ep: &EpollRecord, _fd: c_int) {}
+
+fn ensure_bridge(ep: &EpollRecord) {
+    if ep.bridge_fd.load(Ordering::Acquire) >= 0 {
+        return;
+    }
+    // SAFETY: plain eventfd creation.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return;
+    }
+    if ep
+        .bridge_fd
+        .compare_exchange(-1, efd, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // SAFETY: our own eventfd, lost the race.
+        unsafe { real::close(efd) };
+        return;
+    }
+    let mut ev = epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: BRIDGE_TAG,
+    };
+    // SAFETY: adding our eventfd to the application's epoll instance.
+    unsafe {
+        real::epoll_ctl(
+            ep.epfd.load(Ordering::Relaxed),
+            libc::EPOLL_CTL_ADD,
+            efd,
+            &mut ev,
+        )
+    };
+}
+
+fn signal_bridge(ep: &EpollRecord) {
+    let efd = ep.bridge_fd.load(Ordering::Acquire);
+    if efd >= 0 && !ep.bridge_signalled.swap(true, Ordering::AcqRel) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our eventfd.
+        unsafe { libc::syscall(libc::SYS_write, efd, &one as *const u64, 8) };
+    }
+}
+
+fn drain_bridge(ep: &EpollRecord) {
+    let efd = ep.bridge_fd.load(Ordering::Acquire);
+    if efd >= 0 {
+        ep.bridge_signalled.store(false, Ordering::Release);
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes from our non-blocking eventfd.
+        unsafe { libc::syscall(libc::SYS_read, efd, &mut v as *mut u64, 8) };
+    }
+}
+
+/// A socket watched by epoll `ep` in `slot` may have changed readiness.
+pub fn mark_ready(ep_id: u32, slot: u32) {
+    let Some(ep) = EPOLLS.get(ep_id) else { return };
+    {
+        let mut st = ep.lock();
+        let Some(i) = st.interests.get_mut(slot as usize) else {
+            return;
+        };
+        if i.fd < 0 || !i.accelerated || i.queued {
+            return;
+        }
+        i.queued = true;
+        st.ready.push_back(slot);
+    }
+    if ep.sleepers.load(Ordering::SeqCst) > 0 || ep.exposed.load(Ordering::Relaxed) {
+        signal_bridge(ep);
+    }
+}
+
+/// The epoll fd is observed by something other than the shim's own wait.
+pub fn expose(ep: &EpollRecord, _fd: c_int) {
+    if ep.exposed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    ensure_bridge(ep);
+    if !ep.lock().ready.is_empty() {
+        signal_bridge(ep);
+    }
+}
+
+fn send_cap() -> usize {
+    crate::init::config().send_cap as usize
+}
+
+/// epoll_ctl for an accelerated socket: the registration lives in the shim.
+///
 /// # Safety
-/// As epoll_ctl(2).
+/// `event` as for epoll_ctl(2).
 pub unsafe fn epoll_ctl(
-    _ep: &EpollRecord,
+    ep: &'static EpollRecord,
     _epfd: c_int,
-    _op: c_int,
-    _fd: c_int,
-    _rec: &SocketRecord,
-    _ev: *mut epoll_event,
+    op: c_int,
+    fd: c_int,
+    rec: &'static SocketRecord,
+    event: *mut epoll_event,
 ) -> Result<c_int, Errno> {
-    Err(Errno(libc::EIO))
+    if op != libc::EPOLL_CTL_DEL && event.is_null() {
+        return Err(Errno(libc::EFAULT));
+    }
+    // SAFETY: non-null, readable per the caller's contract.
+    let (events, data) = if event.is_null() {
+        (0, 0)
+    } else {
+        unsafe { ((*event).events, (*event).u64) }
+    };
+    let ep_id = ep.id.load(Ordering::Relaxed);
+    let sock_id = rec.id.load(Ordering::Relaxed);
+    match op {
+        libc::EPOLL_CTL_ADD => {
+            let slot = {
+                let mut st = ep.lock();
+                if st.find(fd).is_some() {
+                    return Err(Errno(libc::EEXIST));
+                }
+                let slot = st.insert(Interest {
+                    fd,
+                    socket: Some(sock_id),
+                    events,
+                    data,
+                    accelerated: true,
+                    queued: false,
+                    disarmed: false,
+                });
+                ep.accelerated.fetch_add(1, Ordering::AcqRel);
+                slot as u32
+            };
+            ensure_bridge(ep);
+            let added = {
+                let mut io = rec.lock_io();
+                let ok = io.add_watcher(ep_id, slot);
+                if ok && events & libc::EPOLLIN as u32 != 0 {
+                    ensure_recv(rec, &mut io);
+                }
+                ok
+            };
+            if !added {
+                // More epoll instances than the socket can follow: the kernel takes it.
+                {
+                    let mut st = ep.lock();
+                    st.remove(slot as usize);
+                    ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+                }
+                super::demote(rec, "registered in too many epoll instances");
+                // SAFETY: plain forward after demotion.
+                let r = unsafe { real::epoll_ctl(ep.epfd.load(Ordering::Relaxed), op, fd, event) };
+                if r == 0 {
+                    crate::epoll::record_ctl(ep, op, fd, events, data);
+                    return Ok(0);
+                }
+                return Err(errno::last());
+            }
+            mark_ready(ep_id, slot);
+            Ok(0)
+        }
+        libc::EPOLL_CTL_MOD => {
+            if events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                return Err(Errno(libc::EINVAL));
+            }
+            let slot = {
+                let mut st = ep.lock();
+                let Some(slot) = st.find(fd) else {
+                    return Err(Errno(libc::ENOENT));
+                };
+                let i = &mut st.interests[slot];
+                if i.events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                    return Err(Errno(libc::EINVAL));
+                }
+                i.events = events;
+                i.data = data;
+                i.disarmed = false;
+                slot as u32
+            };
+            if events & libc::EPOLLIN as u32 != 0 {
+                let mut io = rec.lock_io();
+                ensure_recv(rec, &mut io);
+            }
+            mark_ready(ep_id, slot);
+            Ok(0)
+        }
+        libc::EPOLL_CTL_DEL => {
+            let slot = {
+                let mut st = ep.lock();
+                let Some(slot) = st.find(fd) else {
+                    return Err(Errno(libc::ENOENT));
+                };
+                st.remove(slot);
+                ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+                slot as u32
+            };
+            rec.lock_io().remove_watcher(ep_id, slot);
+            Ok(0)
+        }
+        _ => Err(Errno(libc::EINVAL)),
+    }
 }
+
+/// A socket just moved to the ring engine: its registrations in kernel epoll sets move
+/// into the shim.
+pub fn adopt_kernel_registrations(rec: &'static SocketRecord, fd: c_int) {
+    let sock_id = rec.id.load(Ordering::Relaxed);
+    for ep_id in 0..EPOLLS.high_water() {
+        let Some(ep) = EPOLLS.get(ep_id) else {
+            continue;
+        };
+        if ep.alias_count.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        let adopted = {
+            let mut st = ep.lock();
+            match st.find(fd) {
+                Some(slot)
+                    if st.interests[slot].socket == Some(sock_id)
+                        && !st.interests[slot].accelerated =>
+                {
+                    // SAFETY: removing the fd from the application's kernel set.
+                    unsafe {
+                        real::epoll_ctl(
+                            ep.epfd.load(Ordering::Relaxed),
+                            libc::EPOLL_CTL_DEL,
+                            fd,
+                            core::ptr::null_mut(),
+                        )
+                    };
+                    st.interests[slot].accelerated = true;
+                    ep.accelerated.fetch_add(1, Ordering::AcqRel);
+                    Some((slot as u32, st.interests[slot].events))
+                }
+                _ => None,
+            }
+        };
+        if let Some((slot, events)) = adopted {
+            ensure_bridge(ep);
+            let mut io = rec.lock_io();
+            io.add_watcher(ep_id, slot);
+            if events & libc::EPOLLIN as u32 != 0 {
+                ensure_recv(rec, &mut io);
+            }
+            drop(io);
+            mark_ready(ep_id, slot);
+        }
+    }
+}
+
+/// A demoted socket's registration goes back into the kernel set.
+pub fn return_to_kernel(ep_id: u32, slot: u32) {
+    let Some(ep) = EPOLLS.get(ep_id) else { return };
+    let mut st = ep.lock();
+    let Some(i) = st.interests.get_mut(slot as usize) else {
+        return;
+    };
+    if i.fd < 0 || !i.accelerated {
+        return;
+    }
+    i.accelerated = false;
+    let was_queued = i.queued;
+    i.queued = false;
+    let mut ev = epoll_event {
+        events: i.events,
+        u64: i.data,
+    };
+    // SAFETY: registering the fd in the application's kernel set.
+    unsafe {
+        real::epoll_ctl(
+            ep.epfd.load(Ordering::Relaxed),
+            libc::EPOLL_CTL_ADD,
+            i.fd,
+            &mut ev,
+        )
+    };
+    ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+    if was_queued {
+        st.ready.retain(|&r| r != slot);
+    }
+}
+
+/// Moves ready accelerated interests into `events`; returns how many.
+///
 /// # Safety
-/// As epoll_pwait2(2).
+/// `events` must have room for `max` entries.
+unsafe fn harvest(ep: &EpollRecord, events: *mut epoll_event, max: usize) -> usize {
+    let mut st = ep.lock();
+    let rounds = st.ready.len();
+    let mut n = 0;
+    let cap = send_cap();
+    for _ in 0..rounds {
+        if n == max {
+            break;
+        }
+        let Some(slot) = st.ready.pop_front() else {
+            break;
+        };
+        let i = st.interests[slot as usize];
+        if i.fd < 0 || !i.accelerated {
+            continue;
+        }
+        let Some(rec) = i.socket.and_then(|s| SOCKETS.get(s)) else {
+            st.interests[slot as usize].queued = false;
+            continue;
+        };
+        let mask = i.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        let ev = rec.lock_io().events(cap) & mask;
+        if i.disarmed || ev == 0 {
+            st.interests[slot as usize].queued = false;
+            continue;
+        }
+        // SAFETY: n < max, inside the caller's array.
+        unsafe {
+            events.add(n).write(epoll_event {
+                events: ev,
+                u64: i.data,
+            })
+        };
+        n += 1;
+        let e = &mut st.interests[slot as usize];
+        if i.events & libc::EPOLLONESHOT as u32 != 0 {
+            e.disarmed = true;
+            e.queued = false;
+        } else if i.events & libc::EPOLLET as u32 != 0 {
+            e.queued = false;
+        } else {
+            st.ready.push_back(slot);
+        }
+    }
+    n
+}
+
+/// Reads the kernel set without blocking, dropping the bridge's own events.
+///
+/// # Safety
+/// `events` must have room for `max` entries.
+unsafe fn harvest_kernel(
+    ep: &EpollRecord,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: usize,
+) -> Result<(usize, bool), Errno> {
+    if max == 0 {
+        return Ok((0, false));
+    }
+    // SAFETY: caller's array with room for `max`.
+    let r = unsafe { real::epoll_wait(epfd, events, max as c_int, 0) };
+    if r < 0 {
+        return Err(errno::last());
+    }
+    let mut kept = 0;
+    let mut bridge = false;
+    for k in 0..r as usize {
+        // SAFETY: the kernel wrote `r` entries.
+        let e = unsafe { events.add(k).read() };
+        if e.u64 == BRIDGE_TAG {
+            bridge = true;
+            continue;
+        }
+        // SAFETY: kept <= k < r.
+        unsafe { events.add(kept).write(e) };
+        kept += 1;
+    }
+    if bridge {
+        drain_bridge(ep);
+    }
+    Ok((kept, bridge))
+}
+
+fn now_ns() -> u128 {
+    let mut ts = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+fn deadline_of(t: Option<timespec>) -> Option<u128> {
+    t.map(|t| now_ns() + (t.tv_sec.max(0) as u128) * 1_000_000_000 + t.tv_nsec.max(0) as u128)
+}
+
+/// Time left until `deadline`, None for "forever"; Some(None) when it passed.
+fn remaining(deadline: Option<u128>) -> Option<Option<types::Timespec>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => {
+            let now = now_ns();
+            if now >= d {
+                return None;
+            }
+            let left = d - now;
+            Some(Some(
+                types::Timespec::new()
+                    .sec((left / 1_000_000_000) as u64)
+                    .nsec((left % 1_000_000_000) as u32),
+            ))
+        }
+    }
+}
+
+/// epoll_wait/epoll_pwait/epoll_pwait2 on an instance with accelerated members.
+///
+/// # Safety
+/// `events` must have room for `max` entries; `sigmask` null or valid.
 pub unsafe fn epoll_wait(
-    _ep: &EpollRecord,
-    _epfd: c_int,
-    _events: *mut epoll_event,
-    _max: c_int,
-    _t: Option<timespec>,
-    _mask: *const sigset_t,
+    ep: &'static EpollRecord,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: Option<timespec>,
+    sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
-    Err(Errno(libc::EIO))
+    if max <= 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    if events.is_null() {
+        return Err(Errno(libc::EFAULT));
+    }
+    stats::bump(Counter::EpollWaits);
+    let max = max as usize;
+    let deadline = deadline_of(timeout);
+    // SAFETY: null or a valid sigset per the caller's contract.
+    let mask = unsafe { sigmask.as_ref() };
+    let Some(ring) = ring::mine() else {
+        // SAFETY: caller contract.
+        return unsafe { epoll_wait_without_ring(ep, epfd, events, max, deadline, sigmask) };
+    };
+    ring.set_loop_thread();
+    let ep_id = ep.id.load(Ordering::Relaxed);
+    loop {
+        process(ring);
+        // SAFETY: room for `max` entries.
+        let mut n = unsafe { harvest(ep, events, max) };
+        if n < max && ring.epoll_check_needed(ep_id) {
+            // SAFETY: room for `max - n` entries after the first n.
+            let (k, bridge) = unsafe { harvest_kernel(ep, epfd, events.add(n), max - n) }?;
+            n += k;
+            if bridge && n < max {
+                // SAFETY: as above.
+                n += unsafe { harvest(ep, events.add(n), max - n) };
+            }
+        }
+        ring.arm_epoll_watch(ep_id, epfd);
+        if n > 0 {
+            if ep.exposed.load(Ordering::Relaxed) && !ep.lock().ready.is_empty() {
+                signal_bridge(ep);
+            }
+            if ring.has_unsubmitted() {
+                let _ = ring::with_busy(|| ring.submit());
+            }
+            return Ok(n as c_int);
+        }
+        let Some(left) = remaining(deadline) else {
+            if ring.has_unsubmitted() {
+                let _ = ring::with_busy(|| ring.submit());
+            }
+            return Ok(0);
+        };
+        ep.sleepers.fetch_add(1, Ordering::SeqCst);
+        if !ep.lock().ready.is_empty() {
+            ep.sleepers.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let r = ring::with_busy(|| ring.wait(left.as_ref(), mask));
+        ep.sleepers.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = r {
+            if e.0 == libc::EINTR {
+                process(ring);
+                return Err(e);
+            }
+            return Err(e);
+        }
+    }
 }
+
+/// A thread without a ring of its own waits in the kernel; the bridge eventfd in the
+/// set wakes it when another thread's completions make a member ready.
+///
 /// # Safety
-/// As poll(2).
-pub unsafe fn poll_needs_shim(_fds: *mut pollfd, _n: nfds_t) -> bool {
-    false
+/// As epoll_wait.
+unsafe fn epoll_wait_without_ring(
+    ep: &EpollRecord,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: usize,
+    deadline: Option<u128>,
+    sigmask: *const sigset_t,
+) -> Result<c_int, Errno> {
+    ensure_bridge(ep);
+    loop {
+        // SAFETY: room for max.
+        let n = unsafe { harvest(ep, events, max) };
+        if n > 0 {
+            return Ok(n as c_int);
+        }
+        let ms = match remaining(deadline) {
+            None => 0,
+            Some(None) => -1,
+            Some(Some(_)) => deadline.map_or(-1, |d| {
+                ((d.saturating_sub(now_ns())) / 1_000_000).min(i32::MAX as u128) as c_int
+            }),
+        };
+        ep.sleepers.fetch_add(1, Ordering::SeqCst);
+        if !ep.lock().ready.is_empty() {
+            ep.sleepers.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        // SAFETY: the caller's array.
+        let r = unsafe { real::epoll_pwait(epfd, events, max as c_int, ms, sigmask) };
+        ep.sleepers.fetch_sub(1, Ordering::SeqCst);
+        if r < 0 {
+            return Err(errno::last());
+        }
+        let mut kept = 0;
+        let mut bridge = false;
+        for k in 0..r as usize {
+            // SAFETY: the kernel wrote r entries.
+            let e = unsafe { events.add(k).read() };
+            if e.u64 == BRIDGE_TAG {
+                bridge = true;
+                continue;
+            }
+            // SAFETY: kept <= k.
+            unsafe { events.add(kept).write(e) };
+            kept += 1;
+        }
+        if bridge {
+            drain_bridge(ep);
+            // SAFETY: room after kept.
+            kept += unsafe { harvest(ep, events.add(kept), max - kept) };
+        }
+        if kept > 0 || ms == 0 {
+            return Ok(kept as c_int);
+        }
+    }
 }
+
+thread_local! {
+    static POLL_GEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Completion of a per-call poll request: nothing to record, the caller re-polls.
+pub fn on_poll_fd(_id: u32, _gen: u32, _res: i32) {}
+
+/// Whether a poll set contains accelerated sockets (or epoll fds whose shim readiness
+/// must become kernel-visible first).
+///
 /// # Safety
-/// As ppoll(2).
+/// `fds` holds `n` entries.
+pub unsafe fn poll_needs_shim(fds: *mut pollfd, n: nfds_t) -> bool {
+    let mut needs = false;
+    for k in 0..n as usize {
+        // SAFETY: caller contract.
+        let fd = unsafe { (*fds.add(k)).fd };
+        if crate::socket::accelerated(fd).is_some() {
+            needs = true;
+        } else if let Some(ep) = crate::epoll::lookup(fd) {
+            if merged(ep) {
+                expose(ep, fd);
+            }
+        }
+    }
+    needs
+}
+
+fn poll_bits(ev: u32) -> i16 {
+    // EPOLLIN/OUT/ERR/HUP/RDHUP/RDNORM/WRNORM have the same values as their POLL* twins.
+    (ev & 0xffff) as i16
+}
+
+/// poll/ppoll over a set with accelerated sockets.
+///
+/// # Safety
+/// `fds` holds `n` entries; `sigmask` null or valid.
 pub unsafe fn poll(
-    _fds: *mut pollfd,
-    _n: nfds_t,
-    _t: Option<timespec>,
-    _mask: *const sigset_t,
+    fds: *mut pollfd,
+    n: nfds_t,
+    timeout: Option<timespec>,
+    sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
-    Err(Errno(libc::EIO))
+    // SAFETY: caller contract.
+    let set = unsafe { core::slice::from_raw_parts_mut(fds, n as usize) };
+    let deadline = deadline_of(timeout);
+    // SAFETY: null or valid.
+    let mask = unsafe { sigmask.as_ref() };
+    let ring = ring::mine();
+    if let Some(r) = ring {
+        r.set_loop_thread();
+    }
+    let cap = send_cap();
+    let mut accel: Vec<Option<&'static SocketRecord>> = set
+        .iter()
+        .map(|p| crate::socket::accelerated(p.fd))
+        .collect();
+    for (p, a) in set.iter().zip(accel.iter()) {
+        if let Some(rec) = a {
+            if p.events & libc::POLLIN != 0 {
+                let mut io = rec.lock_io();
+                ensure_recv(rec, &mut io);
+            }
+        }
+    }
+    let has_kernel = accel
+        .iter()
+        .zip(set.iter())
+        .any(|(a, p)| a.is_none() && p.fd >= 0);
+    loop {
+        if let Some(r) = ring {
+            process(r);
+        }
+        let mut count = 0;
+        // Kernel members: one non-blocking poll over the same array with the
+        // accelerated entries hidden (negative fds are ignored by the kernel).
+        if has_kernel {
+            for (p, a) in set.iter_mut().zip(accel.iter()) {
+                if a.is_some() {
+                    p.fd = !p.fd;
+                }
+            }
+            // SAFETY: the caller's array.
+            let r = unsafe { real::poll(set.as_mut_ptr(), n, 0) };
+            let err = errno::get();
+            for (p, a) in set.iter_mut().zip(accel.iter()) {
+                if a.is_some() {
+                    p.fd = !p.fd;
+                }
+            }
+            if r < 0 {
+                return Err(Errno(err));
+            }
+            count += r;
+        }
+        for (p, a) in set.iter_mut().zip(accel.iter_mut()) {
+            let Some(rec) = a else { continue };
+            if crate::socket::accelerated(p.fd).is_none() {
+                // Demoted or closed meanwhile: the kernel answers from now on.
+                *a = None;
+                continue;
+            }
+            let want = (p.events as u16 as u32) | (libc::POLLERR | libc::POLLHUP) as u32;
+            let ev = rec.lock_io().events(cap) & want;
+            p.revents = poll_bits(ev);
+            if p.revents != 0 {
+                count += 1;
+            }
+        }
+        if count > 0 {
+            if let Some(r) = ring {
+                let _ = ring::with_busy(|| r.submit());
+            }
+            return Ok(count);
+        }
+        let Some(left) = remaining(deadline) else {
+            if let Some(r) = ring {
+                let _ = ring::with_busy(|| r.submit());
+            }
+            return Ok(0);
+        };
+        match ring {
+            Some(r) => {
+                let gen = POLL_GEN.with(|g| {
+                    let v = g.get().wrapping_add(1);
+                    g.set(v);
+                    v
+                });
+                let ud = ring::user_data(Op::PollFd, 0, gen);
+                let mut armed = false;
+                for (p, a) in set.iter().zip(accel.iter()) {
+                    if a.is_none() && p.fd >= 0 {
+                        r.push(
+                            opcode::PollAdd::new(
+                                types::Fd(p.fd),
+                                (p.events as u16 as u32) | (libc::POLLERR | libc::POLLHUP) as u32,
+                            )
+                            .build()
+                            .user_data(ud),
+                        );
+                        armed = true;
+                    }
+                }
+                let res = ring::with_busy(|| r.wait(left.as_ref(), mask));
+                if armed {
+                    r.push(
+                        opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud).all())
+                            .build()
+                            .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                    );
+                }
+                res?;
+            }
+            None => {
+                // No ring on this thread: sleep in slices so other threads' completions
+                // are seen (rare: ring creation failed here).
+                // SAFETY: the caller's array with accelerated entries hidden.
+                for (p, a) in set.iter_mut().zip(accel.iter()) {
+                    if a.is_some() {
+                        p.fd = !p.fd;
+                    }
+                }
+                let slice = timespec {
+                    tv_sec: 0,
+                    tv_nsec: 10_000_000,
+                };
+                let r = unsafe { real::ppoll(set.as_mut_ptr(), n, &slice, sigmask) };
+                let err = errno::get();
+                for (p, a) in set.iter_mut().zip(accel.iter()) {
+                    if a.is_some() {
+                        p.fd = !p.fd;
+                    }
+                }
+                if r < 0 && err == libc::EINTR {
+                    return Err(Errno(err));
+                }
+            }
+        }
+    }
 }
+
+/// Whether a select set contains accelerated sockets.
+///
 /// # Safety
-/// As select(2).
+/// The sets hold at least `nfds` bits.
 pub unsafe fn select_needs_shim(
-    _n: c_int,
-    _r: *mut fd_set,
-    _w: *mut fd_set,
-    _e: *mut fd_set,
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
 ) -> bool {
+    let nfds = nfds.clamp(0, libc::FD_SETSIZE as c_int);
+    for fd in 0..nfds {
+        // SAFETY: fd < nfds <= FD_SETSIZE, inside the sets.
+        let member = unsafe {
+            (!r.is_null() && libc::FD_ISSET(fd, r))
+                || (!w.is_null() && libc::FD_ISSET(fd, w))
+                || (!e.is_null() && libc::FD_ISSET(fd, e))
+        };
+        if member {
+            if crate::socket::accelerated(fd).is_some() {
+                return true;
+            }
+            if let Some(ep) = crate::epoll::lookup(fd) {
+                if merged(ep) {
+                    expose(ep, fd);
+                }
+            }
+        }
+    }
     false
 }
+
+/// select/pselect over a set with accelerated sockets, served by [`poll`].
+///
 /// # Safety
-/// As pselect(2).
+/// The sets hold at least `nfds` bits; `sigmask` null or valid.
 pub unsafe fn select(
-    _n: c_int,
-    _r: *mut fd_set,
-    _w: *mut fd_set,
-    _e: *mut fd_set,
-    _t: Option<timespec>,
-    _mask: *const sigset_t,
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    timeout: Option<timespec>,
+    sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
-    Err(Errno(libc::EIO))
+    if !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mut set: Vec<pollfd> = Vec::new();
+    for fd in 0..nfds {
+        let mut events = 0;
+        // SAFETY: fd < nfds, inside the sets.
+        unsafe {
+            if !r.is_null() && libc::FD_ISSET(fd, r) {
+                events |= libc::POLLIN;
+            }
+            if !w.is_null() && libc::FD_ISSET(fd, w) {
+                events |= libc::POLLOUT;
+            }
+            if !e.is_null() && libc::FD_ISSET(fd, e) {
+                events |= libc::POLLPRI;
+            }
+        }
+        if events != 0 {
+            set.push(pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    // SAFETY: our own array.
+    let res = unsafe { poll(set.as_mut_ptr(), set.len() as nfds_t, timeout, sigmask) }?;
+    if set.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        return Err(Errno(libc::EBADF));
+    }
+    let mut count = 0;
+    // SAFETY: clearing and filling the caller's sets within nfds bits.
+    unsafe {
+        for s in [r, w, e] {
+            if !s.is_null() {
+                for fd in 0..nfds {
+                    libc::FD_CLR(fd, s);
+                }
+            }
+        }
+        if res > 0 {
+            for p in &set {
+                let rv = p.revents;
+                if !r.is_null()
+                    && p.events & libc::POLLIN != 0
+                    && rv & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                {
+                    libc::FD_SET(p.fd, r);
+                    count += 1;
+                }
+                if !w.is_null()
+                    && p.events & libc::POLLOUT != 0
+                    && rv & (libc::POLLOUT | libc::POLLERR) != 0
+                {
+                    libc::FD_SET(p.fd, w);
+                    count += 1;
+                }
+                if !e.is_null() && p.events & libc::POLLPRI != 0 && rv & libc::POLLPRI != 0 {
+                    libc::FD_SET(p.fd, e);
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok(count)
 }

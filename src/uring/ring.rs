@@ -1,0 +1,667 @@
+//! One io_uring per thread: creation, the provided-buffer ring, submission and reaping.
+//!
+//! A ring is created lazily by the first thread that needs one and is used only by that
+//! thread (it is set up SINGLE_ISSUER | DEFER_TASKRUN where the kernel allows, so
+//! completions appear only when the owner enters the kernel; see anchors/io_uring.md
+//! T1). Other threads reach a ring through two lock-free queues — buffers to give back
+//! and requests (arm, send, cancel) — and an eventfd the ring watches with a multishot
+//! poll, so writing it wakes the owner out of its wait.
+//!
+//! Rings are never destroyed while the process lives: sockets may still reference their
+//! buffers. They are not inherited either (MADV_DONTFORK): a fork child starts without.
+
+use crate::errno::Errno;
+use crate::stats;
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, Ordering};
+use crossbeam_queue::ArrayQueue;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use ringshim_common::config::Config;
+use ringshim_common::stats::Counter;
+
+/// What a completion is about: the low 8 bits of user_data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Recv = 1,
+    Send = 2,
+    Cancel = 3,
+    /// The kernel epoll set of an epoll instance became readable.
+    EpollReady = 4,
+    /// The ring's wake eventfd was written by another thread.
+    Wake = 5,
+    /// A kernel fd watched for one poll()/select() call.
+    PollFd = 6,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Recv,
+            2 => Op::Send,
+            3 => Op::Cancel,
+            4 => Op::EpollReady,
+            5 => Op::Wake,
+            6 => Op::PollFd,
+            _ => return None,
+        })
+    }
+}
+
+/// user_data layout: op (8 bits) | generation (24 bits) | object id (32 bits).
+pub fn user_data(op: Op, id: u32, gen: u32) -> u64 {
+    op as u64 | (u64::from(gen & 0xff_ffff) << 8) | (u64::from(id) << 32)
+}
+
+pub fn decode(ud: u64) -> (Option<Op>, u32, u32) {
+    (
+        Op::from_u8(ud as u8),
+        (ud >> 32) as u32,
+        ((ud >> 8) & 0xff_ffff) as u32,
+    )
+}
+
+/// A request another thread leaves for a ring's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Request {
+    ArmRecv = 1,
+    Send = 2,
+    CancelRecv = 3,
+}
+
+/// The provided-buffer ring: `entries` buffers of `size` bytes the kernel picks from.
+struct BufRing {
+    /// The shared ring of `io_uring_buf` entries (16 bytes each).
+    entries: *mut u8,
+    mask: u16,
+    base: *mut u8,
+    size: u32,
+    /// Local tail; published to the kernel by [`BufRing::publish`].
+    tail: Cell<u16>,
+    published: Cell<u16>,
+}
+
+const BGID: u16 = 0;
+
+impl BufRing {
+    fn new(count: u32, size: u32) -> Result<BufRing, Errno> {
+        let ring_bytes = count as usize * 16;
+        // SAFETY: anonymous mappings; checked for failure below.
+        let entries = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if entries == libc::MAP_FAILED {
+            return Err(crate::errno::last());
+        }
+        let buf_bytes = count as usize * size as usize;
+        // SAFETY: as above. Private (copied on fork) on purpose: a fork child may still
+        // have to deliver bytes that were received before the fork.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                buf_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            let e = crate::errno::last();
+            // SAFETY: unmapping what we just mapped.
+            unsafe { libc::munmap(entries, ring_bytes) };
+            return Err(e);
+        }
+        let br = BufRing {
+            entries: entries.cast(),
+            mask: (count - 1) as u16,
+            base: base.cast(),
+            size,
+            tail: Cell::new(0),
+            published: Cell::new(0),
+        };
+        for bid in 0..count {
+            br.add(bid as u16);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn addr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid < count, so the offset is inside the buffer mapping.
+        unsafe { self.base.add(bid as usize * self.size as usize) }
+    }
+
+    /// Gives buffer `bid` back to the kernel (visible after `publish`).
+    fn add(&self, bid: u16) {
+        let t = self.tail.get();
+        let idx = (t & self.mask) as usize;
+        // SAFETY: idx <= mask, inside the entries mapping; only the owner thread writes
+        // entries, and the kernel reads an entry only after the tail covering it is
+        // published with Release ordering.
+        unsafe {
+            let e = self.entries.add(idx * 16);
+            core::ptr::write_unaligned(e.cast::<u64>(), self.addr(bid) as u64);
+            core::ptr::write_unaligned(e.add(8).cast::<u32>(), self.size);
+            core::ptr::write_unaligned(e.add(12).cast::<u16>(), bid);
+        }
+        self.tail.set(t.wrapping_add(1));
+    }
+
+    fn publish(&self) {
+        let t = self.tail.get();
+        if t != self.published.get() {
+            // SAFETY: the ring's tail is the u16 at byte 14 of the mapping (it overlays
+            // the first entry's reserved field); the kernel reads it with acquire
+            // semantics, so a release store publishes the entries written before.
+            let tail = unsafe { &*(self.entries.add(14) as *const AtomicU16) };
+            tail.store(t, Ordering::Release);
+            self.published.set(t);
+        }
+    }
+}
+
+/// State only the owner thread touches.
+struct Local {
+    /// SQEs pushed but not yet handed to the kernel.
+    unsubmitted: u32,
+    /// The thread waits through the shim (epoll/poll): sends can ride on its next wait.
+    loop_thread: bool,
+    /// Sockets (id, gen) whose receive stopped for lack of buffers.
+    starved: Vec<(u32, u32)>,
+    /// Closed sockets (id, gen) still draining sends.
+    draining: Vec<(u32, u32)>,
+    /// Epoll instances whose kernel set this ring watches: (epoll id, armed, fired).
+    epoll_watch: Vec<(u32, bool, bool)>,
+}
+
+pub struct Ring {
+    pub id: u16,
+    uring: UnsafeCell<IoUring>,
+    bufs: BufRing,
+    /// Buffer ids handed back by other threads.
+    returns: ArrayQueue<u16>,
+    /// Requests from other threads: socket id, generation, request kind.
+    requests: ArrayQueue<(u32, u32, Request)>,
+    wake_fd: i32,
+    local: UnsafeCell<Local>,
+    pub defer_taskrun: bool,
+    pub sqpoll: bool,
+}
+
+// SAFETY: fields touched by other threads are the lock-free queues and the eventfd;
+// everything in UnsafeCell is touched by the owner thread only (see module docs).
+unsafe impl Sync for Ring {}
+// SAFETY: as above.
+unsafe impl Send for Ring {}
+
+const MAX_RINGS: usize = 1024;
+static RINGS: [AtomicPtr<Ring>; MAX_RINGS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_RINGS];
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+/// fd of the first SQPOLL ring, which later rings attach to (one shared SQ thread).
+static SQPOLL_ATTACH: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
+thread_local! {
+    static CURRENT: Cell<*const Ring> = const { Cell::new(core::ptr::null()) };
+    /// Ring creation failed on this thread; do not retry on every call.
+    static CREATE_FAILED: Cell<bool> = const { Cell::new(false) };
+    /// A ring call is running on this thread: a signal handler must not re-enter it.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The ring with this id, if it is alive in this process.
+pub fn by_id(id: u16) -> Option<&'static Ring> {
+    let p = RINGS.get(id as usize)?.load(Ordering::Acquire);
+    // SAFETY: rings are leaked, never freed while the process lives.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// This thread's ring without creating one.
+#[inline]
+pub fn current() -> Option<&'static Ring> {
+    let p = CURRENT.with(|c| c.get());
+    // SAFETY: as in by_id.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// This thread's ring, created on first use. None when rings are unavailable here or
+/// the thread is already inside a ring call (a signal handler).
+pub fn mine() -> Option<&'static Ring> {
+    if BUSY.with(|b| b.get()) {
+        return None;
+    }
+    if let Some(r) = current() {
+        return Some(r);
+    }
+    if CREATE_FAILED.with(|c| c.get()) {
+        return None;
+    }
+    match Ring::create(crate::init::config()) {
+        Ok(r) => {
+            CURRENT.with(|c| c.set(r));
+            Some(r)
+        }
+        Err((what, Errno(e))) => {
+            CREATE_FAILED.with(|c| c.set(true));
+            crate::log_warn!("could not create this thread's ring ({what}: errno {e}); its sockets use the slower shared path");
+            None
+        }
+    }
+}
+
+/// Runs `f` with this thread's ring marked busy.
+pub fn with_busy<T>(f: impl FnOnce() -> T) -> T {
+    let prev = BUSY.with(|b| b.replace(true));
+    let v = f();
+    BUSY.with(|b| b.set(prev));
+    v
+}
+
+/// Builds the io_uring with the best flags this kernel accepts.
+pub fn build_uring(cfg: &Config) -> Result<(IoUring, bool), Errno> {
+    if cfg.sqpoll {
+        let mut b = IoUring::builder();
+        b.dontfork()
+            .setup_cqsize(cfg.cq_entries)
+            .setup_clamp()
+            .setup_sqpoll(cfg.sqpoll_idle_ms)
+            .setup_single_issuer();
+        if let Some(cpu) = cfg.sqpoll_cpu {
+            b.setup_sqpoll_cpu(cpu);
+        }
+        let attach = SQPOLL_ATTACH.load(Ordering::Acquire);
+        if attach >= 0 {
+            b.setup_attach_wq(attach);
+        }
+        match b.build(cfg.sq_entries) {
+            Ok(u) => return Ok((u, false)),
+            Err(e) => crate::log_info!(
+                "SQPOLL ring refused (errno {}); using an interrupt-driven ring",
+                e.raw_os_error().unwrap_or(0)
+            ),
+        }
+    }
+    let mut b = IoUring::builder();
+    b.dontfork()
+        .setup_cqsize(cfg.cq_entries)
+        .setup_clamp()
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag();
+    if let Ok(u) = b.build(cfg.sq_entries) {
+        return Ok((u, true));
+    }
+    // Kernels before 6.1: cooperative task running (5.19+), then plain.
+    let mut b = IoUring::builder();
+    b.dontfork()
+        .setup_cqsize(cfg.cq_entries)
+        .setup_clamp()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag();
+    if let Ok(u) = b.build(cfg.sq_entries) {
+        return Ok((u, false));
+    }
+    let mut b = IoUring::builder();
+    b.dontfork().setup_cqsize(cfg.cq_entries);
+    b.build(cfg.sq_entries)
+        .map(|u| (u, false))
+        .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EINVAL)))
+}
+
+impl Ring {
+    fn create(cfg: &Config) -> Result<&'static Ring, (&'static str, Errno)> {
+        let id = NEXT_ID.fetch_add(1, Ordering::AcqRel);
+        if id as usize >= MAX_RINGS {
+            return Err(("ring limit", Errno(libc::EMFILE)));
+        }
+        let (uring, defer_taskrun) =
+            crate::init::in_shim(|| build_uring(cfg)).map_err(|e| ("io_uring_setup", e))?;
+        let sqpoll = uring.params().is_setup_sqpoll();
+        if sqpoll {
+            let _ = SQPOLL_ATTACH.compare_exchange(
+                -1,
+                std::os::fd::AsRawFd::as_raw_fd(&uring),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        let bufs = BufRing::new(cfg.buf_count, cfg.buf_size).map_err(|e| ("buffer memory", e))?;
+        // SAFETY: the entries mapping is page aligned, holds buf_count entries, and
+        // stays mapped for the life of the process.
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                cfg.buf_count as u16,
+                BGID,
+                0,
+            )
+        }
+        .map_err(|e| {
+            (
+                "register_buf_ring",
+                Errno(e.raw_os_error().unwrap_or(libc::EINVAL)),
+            )
+        })?;
+        // SAFETY: plain eventfd creation.
+        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake_fd < 0 {
+            return Err(("eventfd", crate::errno::last()));
+        }
+        let ring = Box::leak(Box::new(Ring {
+            id: id as u16,
+            uring: UnsafeCell::new(uring),
+            bufs,
+            returns: ArrayQueue::new(cfg.buf_count as usize),
+            requests: ArrayQueue::new(4096),
+            wake_fd,
+            local: UnsafeCell::new(Local {
+                unsubmitted: 0,
+                loop_thread: false,
+                starved: Vec::new(),
+                draining: Vec::new(),
+                epoll_watch: Vec::new(),
+            }),
+            defer_taskrun,
+            sqpoll,
+        }));
+        ring.push(
+            opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(user_data(Op::Wake, 0, 0)),
+        );
+        RINGS[id as usize].store(ring, Ordering::Release);
+        stats::bump(Counter::RingsCreated);
+        stats::set_ring_fd(std::os::fd::AsRawFd::as_raw_fd(ring.uring()));
+        crate::log_debug!(
+            "ring {} created (fd {}, {}, {} buffers of {} bytes)",
+            id,
+            std::os::fd::AsRawFd::as_raw_fd(ring.uring()),
+            if sqpoll {
+                "SQPOLL"
+            } else if defer_taskrun {
+                "SINGLE_ISSUER|DEFER_TASKRUN"
+            } else {
+                "COOP_TASKRUN"
+            },
+            cfg.buf_count,
+            cfg.buf_size
+        );
+        Ok(ring)
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn uring(&self) -> &mut IoUring {
+        // SAFETY: only the owner thread calls this (module invariant), and no two
+        // borrows overlap: every method takes what it needs and returns.
+        unsafe { &mut *self.uring.get() }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn local(&self) -> &mut Local {
+        // SAFETY: owner thread only; borrows never overlap (see `uring`).
+        unsafe { &mut *self.local.get() }
+    }
+
+    pub fn buffer_addr(&self, bid: u16) -> *const u8 {
+        self.bufs.addr(bid)
+    }
+
+    pub fn is_mine(&self) -> bool {
+        current().is_some_and(|r| core::ptr::eq(r, self))
+    }
+
+    /// Queues an SQE; submits first if the queue is full.
+    pub fn push(&self, sqe: squeue::Entry) {
+        let u = self.uring();
+        // SAFETY: every buffer an SQE points at lives in a type-stable record or the
+        // leaked ring and stays valid until its completion is reaped.
+        while unsafe { u.submission().push(&sqe) }.is_err() {
+            let _ = self.submit();
+        }
+        self.local().unsubmitted += 1;
+    }
+
+    pub fn has_unsubmitted(&self) -> bool {
+        self.local().unsubmitted > 0
+    }
+
+    /// Hands queued SQEs to the kernel (and runs deferred completions) without waiting.
+    pub fn submit(&self) -> Result<(), Errno> {
+        let u = self.uring();
+        let needs_enter = self.local().unsubmitted > 0
+            || u.submission().taskrun()
+            || u.submission().cq_overflow();
+        if !needs_enter {
+            return Ok(());
+        }
+        self.local().unsubmitted = 0;
+        stats::bump(Counter::RingEnters);
+        match u.submit() {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                libc::EINTR | libc::EAGAIN | libc::EBUSY => Ok(()),
+                other => Err(Errno(other)),
+            },
+        }
+    }
+
+    /// Submits and sleeps until at least one completion, the timeout, or a signal.
+    /// Ok(true): woke for a completion or the timeout; Err(EINTR) for a signal.
+    pub fn wait(
+        &self,
+        timeout: Option<&types::Timespec>,
+        sigmask: Option<&libc::sigset_t>,
+    ) -> Result<(), Errno> {
+        let u = self.uring();
+        self.local().unsubmitted = 0;
+        stats::bump(Counter::RingEnters);
+        let mut args = types::SubmitArgs::new();
+        if let Some(t) = timeout {
+            args = args.timespec(t);
+        }
+        let r = match sigmask {
+            Some(m) => u.submitter().submit_with_args(1, &args.sigmask(m)),
+            None => u.submitter().submit_with_args(1, &args),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                libc::ETIME | libc::EAGAIN | libc::EBUSY => Ok(()),
+                other => Err(Errno(other)),
+            },
+        }
+    }
+
+    /// Copies out up to `out.len()` completions. Call [`Ring::submit`] first when
+    /// deferred task work may be pending.
+    pub fn take_completions(&self, out: &mut [(u64, i32, u32)]) -> usize {
+        let mut cq = self.uring().completion();
+        let mut n = 0;
+        while n < out.len() {
+            let Some(cqe) = cq.next() else { break };
+            out[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+            n += 1;
+        }
+        n
+    }
+
+    /// Completions are waiting in user memory, or deferred work needs an enter.
+    pub fn work_pending(&self) -> bool {
+        let u = self.uring();
+        if u.submission().taskrun() {
+            return true;
+        }
+        !u.completion().is_empty()
+    }
+
+    /// Gives a buffer back (owner thread: directly; others: through the queue).
+    pub fn give_back(&self, bid: u16) {
+        if self.is_mine() {
+            self.bufs.add(bid);
+        } else if self.returns.push(bid).is_err() {
+            // Cannot happen: the queue holds every buffer id. Losing one buffer is
+            // harmless; losing bytes would not be.
+            crate::log_debug!("buffer return queue full; buffer {} dropped", bid);
+        }
+    }
+
+    /// Owner: takes back buffers returned by other threads and publishes the tail.
+    pub fn replenish(&self) {
+        while let Some(bid) = self.returns.pop() {
+            self.bufs.add(bid);
+        }
+        self.bufs.publish();
+    }
+
+    pub fn post_request(&self, id: u32, gen: u32, req: Request) {
+        let _ = self.requests.push((id, gen, req));
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our own eventfd; failure (counter full) still
+        // leaves it readable, which is all that matters.
+        unsafe { libc::syscall(libc::SYS_write, self.wake_fd, &one as *const u64, 8) };
+    }
+
+    pub fn next_request(&self) -> Option<(u32, u32, Request)> {
+        self.requests.pop()
+    }
+
+    /// The wake eventfd fired: drain it; re-arm the multishot poll if it ended.
+    pub fn on_wake(&self, more: bool) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes from our own non-blocking eventfd.
+        unsafe { libc::syscall(libc::SYS_read, self.wake_fd, &mut v as *mut u64, 8) };
+        if !more {
+            self.push(
+                opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(user_data(Op::Wake, 0, 0)),
+            );
+        }
+    }
+
+    pub fn set_loop_thread(&self) {
+        self.local().loop_thread = true;
+    }
+
+    pub fn loop_thread(&self) -> bool {
+        self.local().loop_thread
+    }
+
+    pub fn starve(&self, id: u32, gen: u32) {
+        self.local().starved.push((id, gen));
+    }
+
+    pub fn take_starved(&self) -> Vec<(u32, u32)> {
+        core::mem::take(&mut self.local().starved)
+    }
+
+    pub fn has_starved(&self) -> bool {
+        !self.local().starved.is_empty()
+    }
+
+    pub fn add_draining(&self, id: u32, gen: u32) {
+        self.local().draining.push((id, gen));
+    }
+
+    pub fn draining(&self) -> &mut Vec<(u32, u32)> {
+        &mut self.local().draining
+    }
+
+    /// Whether the kernel set of epoll `ep` must be checked (its poll fired, or was
+    /// never armed), clearing the mark.
+    pub fn epoll_check_needed(&self, ep: u32) -> bool {
+        let w = &mut self.local().epoll_watch;
+        match w.iter_mut().find(|e| e.0 == ep) {
+            Some(e) if e.2 || !e.1 => {
+                e.2 = false;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// Arms a one-shot poll on the kernel epoll fd so its readiness wakes this ring.
+    pub fn arm_epoll_watch(&self, ep: u32, epfd: i32) {
+        let w = &mut self.local().epoll_watch;
+        let entry = match w.iter_mut().position(|e| e.0 == ep) {
+            Some(i) => &mut w[i],
+            None => {
+                w.push((ep, false, false));
+                w.last_mut().unwrap_or_else(|| unreachable!())
+            }
+        };
+        if entry.1 {
+            return;
+        }
+        entry.1 = true;
+        self.push(
+            opcode::PollAdd::new(types::Fd(epfd), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(Op::EpollReady, ep, 0)),
+        );
+    }
+
+    pub fn on_epoll_ready(&self, ep: u32) {
+        if let Some(e) = self.local().epoll_watch.iter_mut().find(|e| e.0 == ep) {
+            e.1 = false;
+            e.2 = true;
+        }
+    }
+
+    /// Forgets an epoll instance that was closed (its poll completes with an error).
+    pub fn forget_epoll(&self, ep: u32) {
+        self.local().epoll_watch.retain(|e| e.0 != ep);
+    }
+}
+
+/// After fork, in the child: the parent's rings are not ours. They stay mapped
+/// (buffers may still hold received bytes) but are never used again.
+pub fn forget_all_after_fork() {
+    CURRENT.with(|c| c.set(core::ptr::null()));
+    CREATE_FAILED.with(|c| c.set(false));
+    BUSY.with(|b| b.set(false));
+    for r in RINGS.iter() {
+        r.store(core::ptr::null_mut(), Ordering::Release);
+    }
+    SQPOLL_ATTACH.store(-1, Ordering::Release);
+}
+
+pub fn buffer_select(flags: u32) -> Option<u16> {
+    cqueue::buffer_select(flags)
+}
+
+pub fn more(flags: u32) -> bool {
+    cqueue::more(flags)
+}
+
+pub fn recv_multi(fd: i32, id: u32, gen: u32) -> squeue::Entry {
+    opcode::RecvMulti::new(types::Fd(fd), BGID)
+        .build()
+        .user_data(user_data(Op::Recv, id, gen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(Op::Send, 0xdead_beef, 0x12_3456);
+        assert_eq!(decode(ud), (Some(Op::Send), 0xdead_beef, 0x12_3456));
+        assert_eq!(decode(user_data(Op::Recv, 7, 0x1ff_ffff)).2, 0xff_ffff);
+        assert_eq!(decode(0).0, None);
+    }
+}
