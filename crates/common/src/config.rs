@@ -68,7 +68,10 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn v4(octets: [u8; 4], prefix: u8) -> Cidr {
-        Cidr { addr: v4_mapped(octets), prefix: prefix + 96 }
+        Cidr {
+            addr: v4_mapped(octets),
+            prefix: prefix + 96,
+        }
     }
 
     pub fn contains(&self, addr: u128) -> bool {
@@ -96,7 +99,10 @@ impl Cidr {
         if p > 128 {
             return None;
         }
-        Some(Cidr { addr: u128::from_be_bytes(v6.octets()), prefix: p })
+        Some(Cidr {
+            addr: u128::from_be_bytes(v6.octets()),
+            prefix: p,
+        })
     }
 }
 
@@ -181,7 +187,13 @@ impl Default for Config {
 }
 
 pub fn loopback_nets() -> Vec<Cidr> {
-    vec![Cidr::v4([127, 0, 0, 0], 8), Cidr { addr: 1, prefix: 128 }]
+    vec![
+        Cidr::v4([127, 0, 0, 0], 8),
+        Cidr {
+            addr: 1,
+            prefix: 128,
+        },
+    ]
 }
 
 /// One rejected variable. Its `Display` is the single line the shim and the CLI print.
@@ -233,12 +245,23 @@ pub const VARIABLES: &[VarSpec] = &[
     VarSpec { name: "RINGSHIM_SIMULATE_URING_FAILURE", default: "(unset)", accepted: "EPERM, ENOSYS, ENOMEM", effect: "test switch: take the io_uring set-up failure path with this errno" },
 ];
 
+/// A launcher profile: name, one-line description, and the variables it sets.
+pub type Profile = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Launcher profiles: named groups of variables, like OpenOnload's `onload -p`.
-pub const PROFILES: &[(&str, &str, &[(&str, &str)])] = &[
+pub const PROFILES: &[Profile] = &[
     (
         "latency",
         "small batches, small queues: every byte leaves as soon as possible",
-        &[("RINGSHIM_SEND_CAP", "65536"), ("RINGSHIM_RECV_CAP", "65536"), ("RINGSHIM_BUF_SIZE", "4096")],
+        &[
+            ("RINGSHIM_SEND_CAP", "65536"),
+            ("RINGSHIM_RECV_CAP", "65536"),
+            ("RINGSHIM_BUF_SIZE", "4096"),
+        ],
     ),
     (
         "throughput",
@@ -253,7 +276,10 @@ pub const PROFILES: &[(&str, &str, &[(&str, &str)])] = &[
 ];
 
 pub fn profile(name: &str) -> Option<&'static [(&'static str, &'static str)]> {
-    PROFILES.iter().find(|(n, _, _)| *n == name).map(|(_, _, vars)| *vars)
+    PROFILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, vars)| *vars)
 }
 
 impl Config {
@@ -262,7 +288,7 @@ impl Config {
     pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> (Config, Vec<ConfigError>) {
         let mut cfg = Config::default();
         let mut errors = Vec::new();
-        let mut get = |var: &'static str, accepted: &'static str| -> Option<(String, Reject)> {
+        let get = |var: &'static str, accepted: &'static str| -> Option<(String, Reject)> {
             lookup(var).map(|v| (v, Reject { var, accepted }))
         };
 
@@ -278,39 +304,62 @@ impl Config {
             };
             r.apply(&mut errors, &v, b, |b| cfg.backend = b);
         }
-        if let Some((v, r)) = get("RINGSHIM_KERNEL_NETS", "comma-separated CIDRs and/or `loopback`, or `none`") {
+        if let Some((v, r)) = get(
+            "RINGSHIM_KERNEL_NETS",
+            "comma-separated CIDRs and/or `loopback`, or `none`",
+        ) {
             r.apply(&mut errors, &v, parse_nets(&v), |n| cfg.kernel_nets = n);
         }
         if let Some((v, r)) = get("RINGSHIM_SQPOLL", "0, 1") {
             r.apply(&mut errors, &v, parse_bool(&v), |b| cfg.sqpoll = b);
         }
         if let Some((v, r)) = get("RINGSHIM_SQPOLL_IDLE_MS", "1..=10000") {
-            r.apply(&mut errors, &v, parse_range(&v, 1, 10_000), |n| cfg.sqpoll_idle_ms = n);
+            r.apply(&mut errors, &v, parse_range(&v, 1, 10_000), |n| {
+                cfg.sqpoll_idle_ms = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_SQPOLL_CPU", "a CPU number, or none") {
-            let cpu = if v.trim() == "none" { Some(None) } else { parse_range(&v, 0, 4095).map(Some) };
+            let cpu = if v.trim() == "none" {
+                Some(None)
+            } else {
+                parse_range(&v, 0, 4095).map(Some)
+            };
             r.apply(&mut errors, &v, cpu, |c| cfg.sqpoll_cpu = c);
         }
         if let Some((v, r)) = get("RINGSHIM_SQ_ENTRIES", "power of two, 8..=32768") {
-            r.apply(&mut errors, &v, parse_pow2(&v, 8, 32768), |n| cfg.sq_entries = n);
+            r.apply(&mut errors, &v, parse_pow2(&v, 8, 32768), |n| {
+                cfg.sq_entries = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_CQ_ENTRIES", "power of two, 16..=65536, >= 2x SQ") {
-            r.apply(&mut errors, &v, parse_pow2(&v, 16, 65536), |n| cfg.cq_entries = n);
+            r.apply(&mut errors, &v, parse_pow2(&v, 16, 65536), |n| {
+                cfg.cq_entries = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_BUF_COUNT", "power of two, 16..=32768") {
-            r.apply(&mut errors, &v, parse_pow2(&v, 16, 32768), |n| cfg.buf_count = n);
+            r.apply(&mut errors, &v, parse_pow2(&v, 16, 32768), |n| {
+                cfg.buf_count = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_BUF_SIZE", "1024..=1048576") {
-            r.apply(&mut errors, &v, parse_range(&v, 1024, 1 << 20), |n| cfg.buf_size = n);
+            r.apply(&mut errors, &v, parse_range(&v, 1024, 1 << 20), |n| {
+                cfg.buf_size = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_RECV_CAP", "4096..=67108864") {
-            r.apply(&mut errors, &v, parse_range(&v, 4096, 64 << 20), |n| cfg.recv_cap = n);
+            r.apply(&mut errors, &v, parse_range(&v, 4096, 64 << 20), |n| {
+                cfg.recv_cap = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_SEND_CAP", "4096..=67108864") {
-            r.apply(&mut errors, &v, parse_range(&v, 4096, 64 << 20), |n| cfg.send_cap = n);
+            r.apply(&mut errors, &v, parse_range(&v, 4096, 64 << 20), |n| {
+                cfg.send_cap = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_CLOSE_DRAIN_MS", "0..=600000") {
-            r.apply(&mut errors, &v, parse_range(&v, 0, 600_000), |n| cfg.close_drain_ms = n);
+            r.apply(&mut errors, &v, parse_range(&v, 0, 600_000), |n| {
+                cfg.close_drain_ms = n
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_BALANCE", "off, exact") {
             let b = match v.trim() {
@@ -332,18 +381,32 @@ impl Config {
             r.apply(&mut errors, &v, l, |l| cfg.log_level = l);
         }
         if let Some((v, r)) = get("RINGSHIM_LOG_FILE", "a path; %p becomes the pid") {
-            let p = if v.is_empty() { None } else { Some(Some(v.clone())) };
+            let p = if v.is_empty() {
+                None
+            } else {
+                Some(Some(v.clone()))
+            };
             r.apply(&mut errors, &v, p, |p| cfg.log_file = p);
         }
         if let Some((v, r)) = get("RINGSHIM_STATS", "0, 1") {
             r.apply(&mut errors, &v, parse_bool(&v), |b| cfg.stats = b);
         }
         if let Some((v, r)) = get("RINGSHIM_STATS_DIR", "an absolute directory path") {
-            let p = if v.starts_with('/') { Some(v.trim_end_matches('/').to_string()) } else { None };
-            r.apply(&mut errors, &v, p, |p| cfg.stats_dir = if p.is_empty() { "/".into() } else { p });
+            let p = if v.starts_with('/') {
+                Some(v.trim_end_matches('/').to_string())
+            } else {
+                None
+            };
+            r.apply(&mut errors, &v, p, |p| {
+                cfg.stats_dir = if p.is_empty() { "/".into() } else { p }
+            });
         }
         if let Some((v, r)) = get("RINGSHIM_STACKD", "an absolute path") {
-            let p = if v.starts_with('/') { Some(v.clone()) } else { None };
+            let p = if v.starts_with('/') {
+                Some(v.clone())
+            } else {
+                None
+            };
             r.apply(&mut errors, &v, p, |p| cfg.stackd_socket = p);
         }
         if let Some((v, r)) = get("RINGSHIM_SIMULATE_URING_FAILURE", "EPERM, ENOSYS, ENOMEM") {
@@ -382,10 +445,20 @@ struct Reject {
 }
 
 impl Reject {
-    fn apply<T>(self, errors: &mut Vec<ConfigError>, raw: &str, parsed: Option<T>, set: impl FnOnce(T)) {
+    fn apply<T>(
+        self,
+        errors: &mut Vec<ConfigError>,
+        raw: &str,
+        parsed: Option<T>,
+        set: impl FnOnce(T),
+    ) {
         match parsed {
             Some(v) => set(v),
-            None => errors.push(ConfigError { var: self.var, value: raw.to_string(), accepted: self.accepted }),
+            None => errors.push(ConfigError {
+                var: self.var,
+                value: raw.to_string(),
+                accepted: self.accepted,
+            }),
         }
     }
 }
@@ -399,7 +472,10 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 fn parse_range(v: &str, lo: u32, hi: u32) -> Option<u32> {
-    v.trim().parse::<u32>().ok().filter(|n| (lo..=hi).contains(n))
+    v.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
 }
 
 fn parse_pow2(v: &str, lo: u32, hi: u32) -> Option<u32> {
@@ -430,7 +506,12 @@ mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
-        Config::parse(|k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        Config::parse(|k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]
@@ -463,7 +544,10 @@ mod tests {
 
     #[test]
     fn kernel_nets_list_with_loopback_keyword() {
-        let (cfg, errors) = parse(&[("RINGSHIM_KERNEL_NETS", "loopback, 198.51.100.0/24,2001:db8::/32")]);
+        let (cfg, errors) = parse(&[(
+            "RINGSHIM_KERNEL_NETS",
+            "loopback, 198.51.100.0/24,2001:db8::/32",
+        )]);
         assert!(errors.is_empty(), "{errors:?}");
         assert!(cfg.is_kernel_net(v4_mapped([198, 51, 100, 7])));
         assert!(!cfg.is_kernel_net(v4_mapped([198, 51, 101, 7])));
@@ -484,7 +568,15 @@ mod tests {
         assert_eq!(parse(&[("RINGSHIM_SQ_ENTRIES", "300")]).1.len(), 1);
         assert_eq!(parse(&[("RINGSHIM_SQ_ENTRIES", "512")]).1.len(), 0);
         assert_eq!(parse(&[("RINGSHIM_BUF_SIZE", "12")]).1.len(), 1);
-        assert_eq!(parse(&[("RINGSHIM_SQ_ENTRIES", "4096"), ("RINGSHIM_CQ_ENTRIES", "4096")]).1.len(), 1);
+        assert_eq!(
+            parse(&[
+                ("RINGSHIM_SQ_ENTRIES", "4096"),
+                ("RINGSHIM_CQ_ENTRIES", "4096")
+            ])
+            .1
+            .len(),
+            1
+        );
     }
 
     #[test]
@@ -511,6 +603,13 @@ mod tests {
     #[test]
     fn cidr_display_round_trips() {
         assert_eq!(Cidr::v4([10, 1, 0, 0], 16).to_string(), "10.1.0.0/16");
-        assert_eq!(Cidr { addr: 1, prefix: 128 }.to_string(), "::1/128");
+        assert_eq!(
+            Cidr {
+                addr: 1,
+                prefix: 128
+            }
+            .to_string(),
+            "::1/128"
+        );
     }
 }
