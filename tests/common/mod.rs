@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,7 +24,8 @@ pub fn shim_lib() -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build of the shim failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
         let lib = target.join("debug").join("libringshim.so");
         assert!(lib.exists(), "{} missing", lib.display());
         lib
@@ -34,25 +35,49 @@ pub fn shim_lib() -> PathBuf {
 
 /// Compiles `tests/progs/<name>.c` (once per test binary) and returns the executable.
 pub fn c_program(name: &str) -> PathBuf {
+    c_program_with(name, "", &[])
+}
+
+/// Like [`c_program`], with extra compiler flags (they come last, so `-O2` overrides the
+/// default `-O1`). The executable is named `<name><variant>` so that differently-compiled
+/// builds of one source never overwrite each other.
+pub fn c_program_with(name: &str, variant: &str, extra_flags: &[&str]) -> PathBuf {
+    // Tests of one binary run on parallel threads: serialise the up-to-date check and the
+    // compile so two threads never write the same temporary file.
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir = repo_root().join("target").join("test-progs");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let src = repo_root().join("tests").join("progs").join(format!("{name}.c"));
-    let exe = out_dir.join(name);
-    let fresh = match (std::fs::metadata(&src), std::fs::metadata(&exe)) {
-        (Ok(s), Ok(e)) => e.modified().unwrap() >= s.modified().unwrap(),
+    let progs = repo_root().join("tests").join("progs");
+    let src = progs.join(format!("{name}.c"));
+    let exe = out_dir.join(format!("{name}{variant}"));
+    // A program is stale when it is older than its source or than any shared header in
+    // tests/progs (the programs include them with #include "...").
+    let src_time = std::fs::metadata(&src).and_then(|m| m.modified());
+    let newest_header = std::fs::read_dir(&progs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "h"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    let fresh = match (src_time, std::fs::metadata(&exe).and_then(|m| m.modified())) {
+        (Ok(s), Ok(built)) => built >= s && newest_header.is_none_or(|h| built >= h),
         _ => false,
     };
     if !fresh {
         // Build to a temporary name and rename, so parallel test binaries never run a
         // half-written executable.
-        let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
+        let tmp = out_dir.join(format!("{name}{variant}.{}.tmp", std::process::id()));
         let status = Command::new("cc")
-            .args(["-O1", "-g", "-Wall", "-D_GNU_SOURCE", "-pthread", "-o"])
+            .args(["-O1", "-g", "-Wall", "-D_GNU_SOURCE", "-pthread"])
+            .args(extra_flags)
+            .arg("-o")
             .arg(&tmp)
             .arg(&src)
             .status()
             .expect("run cc");
-        assert!(status.success(), "cc {} failed", src.display());
+        assert!(status.success(), "cc {} {:?} failed", src.display(), extra_flags);
         std::fs::rename(&tmp, &exe).unwrap();
     }
     exe
