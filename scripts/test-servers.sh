@@ -475,8 +475,10 @@ run_scenario() {
     t0="$(now_s)"
     set +e
     (
-        set -e
+        set -eE
         SCEN_DIR=""
+        # A step without its own `|| die` still says what failed.
+        trap 'echo "FAILED: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
         # On failure: the servers' log tails, then every process of the scenario ended.
         trap 'rc=$?; if ((rc != 0)) && [[ -n "$SCEN_DIR" ]]; then dump_logs "$SCEN_DIR"; fi; stop_all' EXIT
         trap 'exit 143' TERM INT
