@@ -54,6 +54,10 @@ pub struct EpollRecord {
     pub bridge_signalled: core::sync::atomic::AtomicBool,
     /// A real fd of this instance (for the kernel-side calls the shim makes on it).
     pub epfd: AtomicI32,
+    /// Fork generation this instance's registrations were last re-checked in.
+    pub fork_epoch: AtomicU32,
+    /// Epoll instances with accelerated members nested inside this one.
+    pub nested: AtomicU32,
 }
 
 pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
@@ -75,6 +79,8 @@ impl EpollRecord {
             exposed: core::sync::atomic::AtomicBool::new(false),
             bridge_signalled: core::sync::atomic::AtomicBool::new(false),
             epfd: AtomicI32::new(-1),
+            fork_epoch: AtomicU32::new(0),
+            nested: AtomicU32::new(0),
         }
     }
 
@@ -136,7 +142,7 @@ impl EpollState {
 pub fn lookup(epfd: i32) -> Option<&'static EpollRecord> {
     match fdtable::get(epfd)? {
         Entry::Epoll(id) => EPOLLS.get(id),
-        Entry::Socket(_) => None,
+        _ => None,
     }
 }
 
@@ -156,6 +162,11 @@ pub fn track(epfd: i32) {
     ep.exposed.store(false, Ordering::Relaxed);
     ep.bridge_signalled.store(false, Ordering::Relaxed);
     ep.epfd.store(epfd, Ordering::Relaxed);
+    ep.nested.store(0, Ordering::Relaxed);
+    ep.fork_epoch.store(
+        crate::uring::wait::FORK_EPOCH.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
     ep.lock().clear();
     fdtable::claim(epfd, Entry::Epoll(id));
 }
@@ -193,13 +204,19 @@ pub fn on_close(id: u32, _fd: i32) {
 
 /// Records a successful kernel-side epoll_ctl.
 pub fn record_ctl(ep: &EpollRecord, op: i32, fd: i32, events: u32, data: u64) {
-    let socket = match fdtable::get(fd) {
-        Some(Entry::Socket(id)) => Some(id),
-        _ => None,
+    // Only sockets the shim tracks are remembered: they are the ones that may move to
+    // an accelerated engine later. Other fds leave the kernel set when closed, and the
+    // shim never sees those closes.
+    let Some(Entry::Socket(id)) = fdtable::get(fd) else {
+        return;
     };
+    let socket = Some(id);
     let mut st = ep.lock();
     match op {
         libc::EPOLL_CTL_ADD => {
+            if let Some(stale) = st.find(fd) {
+                st.remove(stale);
+            }
             st.insert(Interest {
                 fd,
                 socket,

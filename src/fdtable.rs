@@ -23,6 +23,8 @@ const ID_MASK: u32 = (1 << KIND_SHIFT) - 1;
 pub enum Entry {
     Socket(u32),
     Epoll(u32),
+    /// A descriptor the shim opened for itself (ring, eventfd, log).
+    Internal,
 }
 
 impl Entry {
@@ -30,6 +32,7 @@ impl Entry {
         match self {
             Entry::Socket(id) => (1 << KIND_SHIFT) | (id & ID_MASK),
             Entry::Epoll(id) => (2 << KIND_SHIFT) | (id & ID_MASK),
+            Entry::Internal => 3 << KIND_SHIFT,
         }
     }
 
@@ -37,6 +40,7 @@ impl Entry {
         match v >> KIND_SHIFT {
             1 => Some(Entry::Socket(v & ID_MASK)),
             2 => Some(Entry::Epoll(v & ID_MASK)),
+            3 => Some(Entry::Internal),
             _ => None,
         }
     }

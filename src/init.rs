@@ -78,6 +78,7 @@ fn initialise() -> bool {
 fn setup() -> bool {
     let (config, errors) = Config::from_env();
     crate::log::set_level(config.log_level);
+    crate::fdtable::init();
     if let Some(path) = &config.log_file {
         crate::log::open_file(path);
     }
@@ -97,7 +98,6 @@ fn setup() -> bool {
     }
     let config = Box::leak(Box::new(config));
     CONFIG.store(config, Ordering::Release);
-    crate::fdtable::init();
     crate::process::register_fork_handlers();
     crate::process::capture_environment();
     let backend_ok = match config.backend {

@@ -50,6 +50,7 @@ pub mod errno;
 pub mod exports;
 pub mod fdtable;
 pub mod init;
+pub mod internal_fd;
 pub mod ops;
 pub mod pool;
 pub mod process;

@@ -56,15 +56,7 @@ pub fn open_file(path: &str) {
         );
         return;
     }
-    // SAFETY: plain fcntl on an fd we own; the real fcntl avoids our own export.
-    let high = unsafe { crate::real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 800) };
-    if high >= 0 {
-        // SAFETY: closing the low duplicate we own with a raw syscall.
-        unsafe { libc::syscall(libc::SYS_close, fd) };
-        SINK_FD.store(high, Ordering::Relaxed);
-    } else {
-        SINK_FD.store(fd, Ordering::Relaxed);
-    }
+    SINK_FD.store(crate::internal_fd::move_high(fd), Ordering::Relaxed);
 }
 
 /// The descriptor the log writes to (the shim must never treat it as an app fd).

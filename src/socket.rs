@@ -45,6 +45,9 @@ pub struct SocketRecord {
     /// Futex word bumped whenever the socket's readiness changes, for threads blocked on
     /// it away from its owner ring.
     wake: AtomicU32,
+    /// 1 + id of a ring whose thread waits in poll()/select() for this socket while its
+    /// completions arrive on another thread's ring (0: none).
+    remote: AtomicU32,
 }
 
 pub static SOCKETS: Pool<SocketRecord> = Pool::new(SocketRecord::new);
@@ -64,7 +67,12 @@ impl SocketRecord {
             generation: AtomicU32::new(0),
             io: Mutex::new(crate::uring::SockIo::new()),
             wake: AtomicU32::new(0),
+            remote: AtomicU32::new(0),
         }
+    }
+
+    pub fn remote_waker(&self) -> &AtomicU32 {
+        &self.remote
     }
 
     pub fn wake_seq(&self) -> &AtomicU32 {
@@ -141,7 +149,7 @@ fn inode_of(fd: i32) -> Option<u64> {
 pub fn lookup(fd: i32) -> Option<&'static SocketRecord> {
     match fdtable::get(fd)? {
         Entry::Socket(id) => SOCKETS.get(id),
-        Entry::Epoll(_) => None,
+        _ => None,
     }
 }
 
@@ -219,6 +227,13 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
         Entry::Socket(id) => {
             let Some(rec) = SOCKETS.get(id) else { return };
             let left = rec.remove_alias(fd);
+            if left > 0 && rec.engine() != Engine::Kernel {
+                // Ring operations name an fd number: move them to a surviving alias.
+                let mut io = rec.lock_io();
+                if io.fd == fd {
+                    io.fd = rec.any_fd();
+                }
+            }
             if left == 0 {
                 crate::epoll::forget_socket(id);
                 let draining =
@@ -230,6 +245,7 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
             }
         }
         Entry::Epoll(id) => crate::epoll::on_close(id, fd),
+        Entry::Internal => {}
     }
 }
 

@@ -36,11 +36,15 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], errno
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    if ensure_init() {
+    // read() of nothing returns at once in the kernel, without looking at the socket.
+    if count > 0 && ensure_init() {
         if let Some(rec) = data_socket(fd) {
             return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, count), 0));
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::read(fd, buf, count) }
 }
@@ -52,7 +56,7 @@ pub unsafe extern "C" fn __read_chk(
     count: size_t,
     buflen: size_t,
 ) -> ssize_t {
-    if count <= buflen && ensure_init() {
+    if count > 0 && count <= buflen && ensure_init() {
         if let Some(rec) = data_socket(fd) {
             return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, count), 0));
         }
@@ -66,10 +70,20 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
             // SAFETY: caller contract of readv.
-            let r = unsafe { iovecs(iov, cnt) }.and_then(|v| uring::recv(rec, fd, v, 0));
+            let r = unsafe { iovecs(iov, cnt) }.and_then(|v| {
+                // Like read(), an empty readv returns at once.
+                if v.iter().all(|x| x.iov_len == 0) {
+                    Ok(0)
+                } else {
+                    uring::recv(rec, fd, v, 0)
+                }
+            });
             return errno::ret_isize(r);
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::readv(fd, iov, cnt) }
 }
@@ -81,6 +95,9 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
             return errno::ret_isize(uring::send(rec, fd, &one_iov(buf, count), 0));
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::write(fd, buf, count) }
 }
@@ -94,6 +111,9 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
             return errno::ret_isize(r);
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::writev(fd, iov, cnt) }
 }
@@ -105,6 +125,9 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c
             return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, len), flags));
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::recv(fd, buf, len, flags) }
 }
@@ -274,6 +297,9 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags:
             return errno::ret_isize(uring::send(rec, fd, &one_iov(buf, len), flags));
         }
     }
+    // A loop thread's queued ring work must not wait behind a call the shim does not
+    // serve (a read of a pipe, a file, a kernel socket).
+    crate::uring::submit_pending();
     // SAFETY: forwarded unchanged.
     unsafe { real::send(fd, buf, len, flags) }
 }

@@ -49,8 +49,21 @@ pub unsafe extern "C" fn epoll_ctl(
                 }
                 if let Some(inner) = epoll::lookup(fd) {
                     // An epoll instance nested in another: its shim readiness must be
-                    // visible to the kernel from now on.
+                    // visible to the kernel from now on, and waits on the outer one
+                    // must drive the rings that feed it.
                     wait::expose(inner, fd);
+                    // SAFETY: forwarded unchanged.
+                    let r = unsafe { real::epoll_ctl(epfd, op, fd, event) };
+                    if r == 0 && op == libc::EPOLL_CTL_ADD {
+                        ep.nested.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+                    } else if r == 0 && op == libc::EPOLL_CTL_DEL {
+                        let _ = ep.nested.fetch_update(
+                            core::sync::atomic::Ordering::AcqRel,
+                            core::sync::atomic::Ordering::Acquire,
+                            |n| n.checked_sub(1),
+                        );
+                    }
+                    return r;
                 }
             }
             // SAFETY: forwarded unchanged.
@@ -106,6 +119,21 @@ pub unsafe extern "C" fn epoll_pwait(
                     wait::epoll_wait(ep, epfd, events, max, ms_timeout(timeout), sigmask)
                 });
             }
+            if uring::available() {
+                uring::submit_pending();
+                // SAFETY: caller's buffers.
+                return errno::ret(unsafe {
+                    wait::epoll_wait_kernel(
+                        ep,
+                        epfd,
+                        events,
+                        max,
+                        ms_timeout(timeout),
+                        sigmask,
+                        false,
+                    )
+                });
+            }
         }
         uring::submit_pending();
     }
@@ -132,6 +160,19 @@ pub unsafe extern "C" fn epoll_pwait2(
                 };
                 // SAFETY: caller's buffers.
                 return errno::ret(unsafe { wait::epoll_wait(ep, epfd, events, max, t, sigmask) });
+            }
+            if uring::available() {
+                uring::submit_pending();
+                // SAFETY: `timeout` is null or readable per the caller's contract.
+                let t = if timeout.is_null() {
+                    None
+                } else {
+                    Some(unsafe { *timeout })
+                };
+                // SAFETY: caller's buffers.
+                return errno::ret(unsafe {
+                    wait::epoll_wait_kernel(ep, epfd, events, max, t, sigmask, true)
+                });
             }
         }
         uring::submit_pending();

@@ -121,6 +121,11 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     if ensure_init() && crate::fdtable::get(fd).is_some() {
+        if crate::fdtable::get(fd) == Some(crate::fdtable::Entry::Internal) {
+            // The shim's own descriptor (a close-everything loop): the application never
+            // opened it, and closing it would take a ring away from under the shim.
+            return 0;
+        }
         // Ring operations on the socket are cancelled before the descriptor goes
         // (a pending receive holds its own file reference and would keep the
         // connection open forever otherwise).
@@ -175,4 +180,49 @@ pub unsafe extern "C" fn setsockopt(
     }
     // SAFETY: forwarded unchanged: the kernel socket holds every option.
     unsafe { real::setsockopt(fd, level, name, val, len) }
+}
+
+/// close_range(2): the same release as close() for every tracked fd in the range, and
+/// the shim's own descriptors are left open (see `close`).
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    if !ensure_init() || flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0 || first > last {
+        // SAFETY: forwarded unchanged.
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    let mut internal: Vec<c_int> = Vec::new();
+    errno::preserve(|| {
+        crate::fdtable::for_each(|fd, e| {
+            if (fd as u32) < first || (fd as u32) > last {
+                return;
+            }
+            if e == crate::fdtable::Entry::Internal {
+                internal.push(fd);
+            } else {
+                sock::on_close(fd);
+            }
+        })
+    });
+    // Close around the shim's descriptors.
+    let mut start = first;
+    for fd in internal {
+        let fd = fd as u32;
+        if fd > start {
+            // SAFETY: a sub-range of the caller's range.
+            let r = unsafe { real::close_range(start, fd - 1, flags) };
+            if r < 0 {
+                return r;
+            }
+        }
+        start = fd + 1;
+    }
+    if start <= last && start >= first {
+        // SAFETY: the rest of the caller's range.
+        return unsafe { real::close_range(start, last, flags) };
+    }
+    0
 }

@@ -72,6 +72,11 @@ pub struct SockIo {
     pub shut_wr_done: bool,
     /// The application closed the last alias; queued bytes still draining.
     pub closing: bool,
+    /// The application closed the socket and nothing is left to send: completions
+    /// still in flight only give their buffers back.
+    pub dead: bool,
+    /// The peer reset the connection (reported as HUP from now on, EPIPE on send).
+    pub peer_reset: bool,
     pub drain_deadline_ms: u64,
     /// Rings cannot be used (fork child, demotion): deliver what is queued, then kernel.
     pub detached: bool,
@@ -116,6 +121,8 @@ impl SockIo {
             shut_wr_pending: false,
             shut_wr_done: false,
             closing: false,
+            dead: false,
+            peer_reset: false,
             drain_deadline_ms: 0,
             detached: false,
             watchers: [(0, 0); MAX_WATCHERS],
@@ -160,13 +167,24 @@ impl SockIo {
             ev |= libc::EPOLLERR as u32;
         }
         let write_closed = self.shut_wr_pending || self.shut_wr_done;
-        if self.tx_error != 0 || (self.eof && write_closed) || self.rx_error == libc::ECONNRESET {
+        if self.tx_error != 0 || (self.eof && write_closed) || self.peer_reset {
             ev |= libc::EPOLLHUP as u32;
         }
         if self.tx_error != 0 || write_closed || self.tx.bytes() <= send_cap / 2 {
             ev |= (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
         }
         ev
+    }
+
+    /// No byte, receive or send of this socket is held by the shim or a ring.
+    pub fn holds_nothing(&self) -> bool {
+        self.rx.is_empty()
+            && !self.recv_armed
+            && self.tx.is_empty()
+            && self.send_inflight == 0
+            && !self.shut_wr_pending
+            && self.tx_error == 0
+            && self.so_error == 0
     }
 
     pub fn add_watcher(&mut self, ep: u32, slot: u32) -> bool {
@@ -204,8 +222,16 @@ pub fn probe(cfg: &Config) -> bool {
         crate::log_warn!("io_uring unavailable (simulated errno {e} by RINGSHIM_SIMULATE_URING_FAILURE); sockets stay on the kernel path");
         return false;
     }
-    let ok = match ring::build_uring(cfg) {
-        Ok(_probe_ring) => true,
+    let mut small = cfg.clone();
+    small.sq_entries = 8;
+    small.cq_entries = 16;
+    let ok = match ring::build_uring(&small) {
+        Ok(probe_ring) => {
+            // Kept, not dropped: tearing a ring down queues work that interrupts this
+            // thread's next blocking call with a spurious EINTR.
+            core::mem::forget(probe_ring);
+            true
+        }
         Err(Errno(e)) => {
             let why = match e {
                 libc::EPERM => {
@@ -267,6 +293,12 @@ pub fn notify(rec: &SocketRecord, watchers: &[(u32, u32)], waiters: bool) {
     for &(ep, slot) in watchers {
         wait::mark_ready(ep, slot);
     }
+    let remote = rec.remote_waker().swap(0, Ordering::AcqRel);
+    if remote != 0 {
+        if let Some(r) = ring::by_id((remote - 1) as u16) {
+            r.wake();
+        }
+    }
     if waiters {
         wake_waiters(rec);
     }
@@ -289,7 +321,7 @@ fn wake_waiters(rec: &SocketRecord) {
 /// Arms the socket's receive if it should be armed, on its owner ring (taking
 /// ownership when nothing of it is in flight elsewhere).
 fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
-    if io.recv_armed || io.eof || io.rx_error != 0 || io.detached || io.closing {
+    if io.recv_armed || io.eof || io.rx_error != 0 || io.detached || io.closing || io.dead {
         return;
     }
     let c = cfg();
@@ -304,10 +336,16 @@ fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
     let Some(mine) = ring::mine() else {
         return;
     };
-    if io.owner == 0 || (io.owner != u32::from(mine.id) + 1 && io.idle_on_rings()) {
+    // Only a thread that waits through the shim reaps its ring: a receive armed
+    // anywhere else would never complete. Such threads read directly instead.
+    let movable = io.owner == 0 || (io.owner != u32::from(mine.id) + 1 && io.idle_on_rings());
+    if movable && mine.loop_thread() {
         io.owner = u32::from(mine.id) + 1;
     }
     let id = rec.id.load(Ordering::Relaxed);
+    if io.owner == 0 {
+        return;
+    }
     if io.owner == u32::from(mine.id) + 1 {
         mine.push(ring::recv_multi(io.fd, id, io.gen));
         io.recv_armed = true;
@@ -323,7 +361,8 @@ fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
     }
     let mine = ring::mine();
     if let Some(m) = mine {
-        if io.owner == 0 || (io.owner != u32::from(m.id) + 1 && io.idle_on_rings()) {
+        let moving = io.owner != u32::from(m.id) + 1 && io.idle_on_rings() && m.loop_thread();
+        if io.owner == 0 || moving {
             io.owner = u32::from(m.id) + 1;
         }
     }
@@ -361,6 +400,16 @@ pub fn process(ring: &Ring) -> usize {
 fn process_inner(ring: &Ring) -> usize {
     ring.replenish();
     while let Some((id, gen, req)) = ring.next_request() {
+        if req == Request::CancelRecv {
+            // Issued even if the record was reused meanwhile: the user_data carries the
+            // old generation, and a forgotten receive would hold the socket open.
+            ring.push(
+                opcode::AsyncCancel::new(ring::user_data(Op::Recv, id, gen))
+                    .build()
+                    .user_data(ring::user_data(Op::Cancel, 0, 0)),
+            );
+            continue;
+        }
         let Some(rec) = socket_for(id, gen) else {
             continue;
         };
@@ -368,15 +417,7 @@ fn process_inner(ring: &Ring) -> usize {
         match req {
             Request::ArmRecv => ensure_recv(rec, &mut io),
             Request::Send => submit_send(rec, &mut io),
-            Request::CancelRecv => {
-                if io.recv_armed {
-                    ring.push(
-                        opcode::AsyncCancel::new(ring::user_data(Op::Recv, id, gen))
-                            .build()
-                            .user_data(ring::user_data(Op::Cancel, 0, 0)),
-                    );
-                }
-            }
+            Request::CancelRecv => {}
         }
     }
     if ring.work_pending() || ring.has_unsubmitted() {
@@ -432,7 +473,7 @@ fn on_recv(ring: &Ring, id: u32, gen: u32, res: i32, flags: u32) {
     };
     let more = ring::more(flags);
     let mut io = rec.lock_io();
-    if io.closing || io.detached {
+    if io.closing || io.detached || io.dead {
         if let Some(b) = bid {
             ring.give_back(b);
         }
@@ -473,6 +514,7 @@ fn on_recv(ring: &Ring, id: u32, gen: u32, res: i32, flags: u32) {
             }
             if e != -libc::ECANCELED {
                 io.rx_error = -e;
+                io.peer_reset |= e == -libc::ECONNRESET || e == -libc::EPIPE;
                 io.so_error = -e;
             }
         }
@@ -490,6 +532,10 @@ fn on_send(ring: &Ring, id: u32, gen: u32, res: i32) {
     };
     let mut io = rec.lock_io();
     io.send_inflight = 0;
+    if io.dead {
+        io.tx.clear();
+        return;
+    }
     if res > 0 {
         io.tx.consume(res as usize);
         stats::add(Counter::BytesSent, res as u64);
@@ -565,6 +611,17 @@ fn check_drain_deadlines(ring: &Ring) {
     }
 }
 
+/// Submits queued SQEs and runs the completions they cause right away (cancellations
+/// complete through deferred task work, which only an enter with GETEVENTS runs).
+pub(crate) fn settle(ring: &Ring) {
+    for _ in 0..2 {
+        if ring.has_unsubmitted() || ring.work_pending() {
+            let _ = ring::with_busy(|| ring.submit());
+        }
+    }
+    process(ring);
+}
+
 /// Hands this thread's queued SQEs to the kernel. Cheap when there are none: called
 /// before every wait the shim does not serve itself.
 #[inline]
@@ -632,12 +689,11 @@ fn block_until(
             if ready(&rec.lock_io()) {
                 return Ok(());
             }
-            let ts = left.map(|l| {
-                types::Timespec::new()
-                    .sec(l / 1000)
-                    .nsec(((l % 1000) * 1_000_000) as u32)
+            let ts = left.map(|l| libc::timespec {
+                tv_sec: (l / 1000) as i64,
+                tv_nsec: ((l % 1000) * 1_000_000) as i64,
             });
-            let r = ring::with_busy(|| m.wait(ts.as_ref(), None));
+            let r = m.sleep(ts, None, || !ready(&rec.lock_io()));
             process(m);
             r
         } else {
@@ -720,6 +776,7 @@ pub fn recv(
     let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek && !nonblocking;
     let mut done = 0usize;
+    let mut retried = false;
     loop {
         let mut io = rec.lock_io();
         if io.detached && io.rx.is_empty() {
@@ -773,7 +830,13 @@ pub fn recv(
             return Ok(done);
         }
         if want == 0 {
-            return Ok(0);
+            if !io.rx.is_empty() || io.eof {
+                return Ok(0);
+            }
+            // Nothing held by the shim: the kernel's answer for an empty read is exact.
+            drop(io);
+            let extra = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+            return kernel_recv(fd, iov, flags | extra);
         }
         if io.rx_error != 0 {
             let e = io.rx_error;
@@ -786,9 +849,13 @@ pub fn recv(
             return Err(Errno(e));
         }
         if io.eof {
+            if done == 0 && flags & libc::MSG_PEEK == 0 && io.holds_nothing() {
+                drop(io);
+                retire_after_eof(rec);
+            }
             return Ok(done);
         }
-        if !io.recv_armed && !io.closing && done == 0 && io.owner == 0 {
+        if !io.recv_armed && !io.closing && done == 0 {
             // Nothing queued and no receive in flight anywhere: the kernel socket holds
             // the next bytes, so a direct call is exact and costs what it always cost.
             drop(io);
@@ -803,10 +870,39 @@ pub fn recv(
                     ensure_recv(rec, &mut io);
                     return Err(Errno(libc::EAGAIN));
                 }
+                Ok(0) if flags & libc::MSG_PEEK == 0 => {
+                    let idle = {
+                        let mut io = rec.lock_io();
+                        io.eof = true;
+                        io.holds_nothing()
+                    };
+                    if idle {
+                        retire_after_eof(rec);
+                    }
+                    return Ok(0);
+                }
+                Err(Errno(e)) if e == libc::ECONNRESET => {
+                    let mut io = rec.lock_io();
+                    io.peer_reset = true;
+                    io.eof = true;
+                    return Err(Errno(e));
+                }
                 other => return other,
             }
         }
         ensure_recv(rec, &mut io);
+        if nonblocking && !retried {
+            // Bytes may already have arrived with their completion still deferred in
+            // this thread's ring: run it before answering EAGAIN.
+            if let Some(m) = ring::current() {
+                if io.owner == u32::from(m.id) + 1 && (m.work_pending() || m.has_unsubmitted()) {
+                    drop(io);
+                    process(m);
+                    retried = true;
+                    continue;
+                }
+            }
+        }
         if nonblocking {
             return if done > 0 {
                 Ok(done)
@@ -827,6 +923,9 @@ pub fn recv(
 }
 
 fn kernel_recv(fd: c_int, iov: &[libc::iovec], flags: c_int) -> Result<usize, Errno> {
+    // Sends this thread queued on its ring go first: the peer may be waiting for them
+    // before it answers what this call waits for.
+    submit_pending();
     // SAFETY: all-zero msghdr is valid; the iovecs are the caller's.
     let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
@@ -841,6 +940,7 @@ fn kernel_recv(fd: c_int, iov: &[libc::iovec], flags: c_int) -> Result<usize, Er
 }
 
 fn kernel_send(fd: c_int, iov: &[libc::iovec], flags: c_int) -> Result<usize, Errno> {
+    submit_pending();
     // SAFETY: all-zero msghdr is valid; the iovecs are the caller's.
     let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
@@ -885,6 +985,18 @@ pub fn send(
             };
         }
         if io.shut_wr_pending || io.shut_wr_done {
+            sigpipe(flags);
+            return Err(Errno(libc::EPIPE));
+        }
+        if io.peer_reset && !io.detached {
+            // The reset is reported once (by whichever call sees it first), then EPIPE.
+            if io.rx_error != 0 {
+                let e = io.rx_error;
+                io.rx_error = 0;
+                io.so_error = 0;
+                io.eof = true;
+                return Err(Errno(e));
+            }
             sigpipe(flags);
             return Err(Errno(libc::EPIPE));
         }
@@ -987,7 +1099,11 @@ pub fn after_fork_child() {
         if rec.engine() != Engine::Uring {
             continue;
         }
-        let mut io = rec.lock_io();
+        // A lock held by a parent thread at fork time is held forever in the child:
+        // such a socket is left alone rather than deadlocking the child.
+        let Ok(mut io) = rec.io.try_lock() else {
+            continue;
+        };
         io.owner = 0;
         io.recv_armed = false;
         io.send_inflight = 0;
@@ -1001,6 +1117,7 @@ pub fn after_fork_child() {
             io.closing = false;
         }
     }
+    wait::FORK_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Moves a socket to the kernel for good, after flushing queued sends; received bytes
@@ -1042,7 +1159,7 @@ pub fn demote(rec: &'static SocketRecord, why: &str) {
 
 /// A detached socket has delivered everything the ring received: it becomes a plain
 /// kernel socket, registered in the kernel epoll sets that watch it.
-fn finish_detach(rec: &'static SocketRecord) {
+pub(crate) fn finish_detach(rec: &'static SocketRecord) {
     if rec.engine() != Engine::Uring {
         return;
     }
@@ -1053,10 +1170,20 @@ fn finish_detach(rec: &'static SocketRecord) {
         io.nwatchers = 0;
         (w, n)
     };
+    rec.route
+        .store(crate::route::Route::Demoted as u8, Ordering::Relaxed);
     rec.engine.store(Engine::Kernel as u8, Ordering::Release);
     for &(ep, slot) in &watchers.0[..watchers.1] {
         wait::return_to_kernel(ep, slot);
     }
+}
+
+/// The application read end-of-file and the shim holds nothing of the socket any more:
+/// it is handed back to the kernel, whose readiness is now exact (a later reset shows up
+/// as POLLERR there, while no ring receive could report it after end-of-file).
+fn retire_after_eof(rec: &'static SocketRecord) {
+    rec.lock_io().detached = true;
+    finish_detach(rec);
 }
 
 /// The last alias was closed (or the number was reused, `app_close` false). Returns
@@ -1083,13 +1210,15 @@ pub fn on_last_close(rec: &'static SocketRecord, app_close: bool) -> bool {
     io.nwatchers = 0;
     let pending = !io.tx.is_empty() || io.send_inflight != 0;
     if !app_close || !pending || io.detached {
-        if owner_is_me {
-            // The cancel must reach the kernel before the descriptor goes: a recv
-            // still armed would hold the socket open (no FIN).
-            let _ = mine.map(|m| ring::with_busy(|| m.submit()));
-        }
         io.tx.clear();
         io.closing = false;
+        io.dead = true;
+        drop(io);
+        if owner_is_me {
+            // The cancelled receive must be gone before the descriptor is: it holds its
+            // own reference to the socket and would keep the connection open (no FIN).
+            settle(mine.unwrap_or_else(|| unreachable!()));
+        }
         return false;
     }
     // SO_LINGER decides: {on, 0} discards (RST), {on, t} blocks up to t, off drains in
@@ -1111,6 +1240,7 @@ pub fn on_last_close(rec: &'static SocketRecord, app_close: bool) -> bool {
     };
     if linger.l_onoff != 0 && linger.l_linger == 0 {
         io.tx.clear();
+        io.dead = true;
         if let Some(m) = mine.filter(|_| owner_is_me) {
             if io.send_inflight != 0 {
                 m.push(
@@ -1119,7 +1249,8 @@ pub fn on_last_close(rec: &'static SocketRecord, app_close: bool) -> bool {
                         .user_data(ring::user_data(Op::Cancel, 0, 0)),
                 );
             }
-            let _ = ring::with_busy(|| m.submit());
+            drop(io);
+            settle(m);
         }
         return false;
     }
@@ -1168,6 +1299,16 @@ pub fn unwatch(rec: &SocketRecord, ep: u32, slot: u32) {
 
 /// shutdown() on an accelerated socket: SHUT_WR waits behind queued bytes.
 pub fn shutdown(rec: &'static SocketRecord, fd: c_int, how: c_int) -> Result<c_int, Errno> {
+    if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
+        // After SHUT_RD Linux still queues (and returns) bytes that arrive; a multishot
+        // receive would see end-of-file instead. Reads go back to the kernel.
+        demote(rec, "shutdown(SHUT_RD)");
+        if rec.engine() == Engine::Kernel {
+            // SAFETY: plain forward.
+            let r = unsafe { real::shutdown(fd, how) };
+            return if r < 0 { Err(errno::last()) } else { Ok(r) };
+        }
+    }
     let mut io = rec.lock_io();
     let wr = how == libc::SHUT_WR || how == libc::SHUT_RDWR;
     let rd = how == libc::SHUT_RD || how == libc::SHUT_RDWR;
@@ -1267,6 +1408,17 @@ pub unsafe fn ioctl(
     request: libc::c_ulong,
     arg: usize,
 ) -> Option<Result<c_int, Errno>> {
+    if request == libc::FIONREAD {
+        // Completions still deferred in this thread's ring hold bytes the answer must
+        // include (a later read must be able to return them).
+        if let Some(m) = ring::current() {
+            if m.work_pending() || m.has_unsubmitted() {
+                process(m);
+            }
+        }
+    } else if request == libc::TIOCOUTQ {
+        submit_pending();
+    }
     let held = {
         let io = rec.lock_io();
         match request {

@@ -266,8 +266,27 @@ pub fn with_busy<T>(f: impl FnOnce() -> T) -> T {
     v
 }
 
-/// Builds the io_uring with the best flags this kernel accepts.
+/// Builds the io_uring with the best flags this kernel accepts, its fd moved to a high
+/// number (see `crate::internal_fd`).
 pub fn build_uring(cfg: &Config) -> Result<(IoUring, bool), Errno> {
+    let (u, defer) = build_uring_low(cfg)?;
+    let low = std::os::fd::AsRawFd::as_raw_fd(&u);
+    let high = crate::internal_fd::move_high_dup(low);
+    if high == low {
+        return Ok((u, defer));
+    }
+    let params = u.params().clone();
+    // Dropping the first handle only closes the low number and its mapping: the high
+    // duplicate keeps the ring alive, so no teardown work reaches this thread.
+    drop(u);
+    // SAFETY: `high` is an io_uring fd with exactly these parameters.
+    match unsafe { IoUring::from_fd(high, params) } {
+        Ok(u) => Ok((u, defer)),
+        Err(e) => Err(Errno(e.raw_os_error().unwrap_or(libc::EINVAL))),
+    }
+}
+
+fn build_uring_low(cfg: &Config) -> Result<(IoUring, bool), Errno> {
     if cfg.sqpoll {
         let mut b = IoUring::builder();
         b.dontfork()
@@ -352,8 +371,7 @@ impl Ring {
                 Errno(e.raw_os_error().unwrap_or(libc::EINVAL)),
             )
         })?;
-        // SAFETY: plain eventfd creation.
-        let wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let wake_fd = crate::internal_fd::eventfd();
         if wake_fd < 0 {
             return Err(("eventfd", crate::errno::last()));
         }
@@ -456,31 +474,103 @@ impl Ring {
         }
     }
 
-    /// Submits and sleeps until at least one completion, the timeout, or a signal.
-    /// Ok(true): woke for a completion or the timeout; Err(EINTR) for a signal.
+    /// Submits and sleeps until at least one completion, the timeout, or a signal;
+    /// `sigmask` replaces the thread's mask for the duration of the sleep, atomically
+    /// (as ppoll/epoll_pwait do).
+    ///
+    /// The enter is issued directly rather than through the crate, whose extended
+    /// argument passes sizeof(sigset_t) (128) where the kernel requires _NSIG/8 (8).
     pub fn wait(
         &self,
-        timeout: Option<&types::Timespec>,
+        timeout: Option<libc::timespec>,
         sigmask: Option<&libc::sigset_t>,
     ) -> Result<(), Errno> {
+        #[repr(C)]
+        struct GeteventsArg {
+            sigmask: u64,
+            sigmask_sz: u32,
+            min_wait_usec: u32,
+            ts: u64,
+        }
+        const ENTER_GETEVENTS: u32 = 1;
+        const ENTER_SQ_WAKEUP: u32 = 2;
+        const ENTER_EXT_ARG: u32 = 8;
         let u = self.uring();
+        let to_submit = u.submission().len() as u32;
         self.local().unsubmitted = 0;
         stats::bump(Counter::RingEnters);
-        let mut args = types::SubmitArgs::new();
-        if let Some(t) = timeout {
-            args = args.timespec(t);
-        }
-        let r = match sigmask {
-            Some(m) => u.submitter().submit_with_args(1, &args.sigmask(m)),
-            None => u.submitter().submit_with_args(1, &args),
+        let started = if timeout.is_some() { now_ns() } else { 0 };
+        let ts = timeout;
+        let arg = GeteventsArg {
+            sigmask: sigmask.map_or(0, |m| m as *const libc::sigset_t as u64),
+            sigmask_sz: if sigmask.is_some() { 8 } else { 0 },
+            min_wait_usec: 0,
+            ts: ts.as_ref().map_or(0, |t| t as *const libc::timespec as u64),
         };
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
-                libc::ETIME | libc::EAGAIN | libc::EBUSY => Ok(()),
-                other => Err(Errno(other)),
-            },
+        let mut flags = ENTER_GETEVENTS | ENTER_EXT_ARG;
+        if self.sqpoll {
+            core::sync::atomic::fence(Ordering::SeqCst);
+            if u.submission().need_wakeup() {
+                flags |= ENTER_SQ_WAKEUP;
+            }
         }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(u);
+        // SAFETY: io_uring_enter on our ring with a correctly sized extended argument
+        // that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                to_submit,
+                1u32,
+                flags,
+                &arg as *const GeteventsArg,
+                core::mem::size_of::<GeteventsArg>(),
+            )
+        };
+        if r >= 0 {
+            // With SQEs submitted, enter reports the count even when a signal cut the
+            // wait short. A wait ends early without a completion only for a signal, so
+            // an empty queue before the deadline means EINTR (the handler already ran).
+            let cq_empty = u.completion().is_empty() && !u.submission().taskrun();
+            if r > 0 && cq_empty && timeout.is_none_or(|t| now_ns() < started + ts_ns(&t)) {
+                return Err(Errno(libc::EINTR));
+            }
+            return Ok(());
+        }
+        match crate::errno::get() {
+            libc::ETIME | libc::EAGAIN | libc::EBUSY => Ok(()),
+            other => Err(Errno(other)),
+        }
+    }
+
+    /// Sleeps on the ring with every signal blocked while the shim decides to sleep, so
+    /// a signal arriving in that window is delivered during the sleep (EINTR, as the
+    /// kernel's own waits do) instead of being handled just before an endless sleep.
+    /// `still_idle` is the last check, made with signals blocked.
+    pub fn sleep(
+        &self,
+        timeout: Option<libc::timespec>,
+        app_mask: Option<&libc::sigset_t>,
+        still_idle: impl FnOnce() -> bool,
+    ) -> Result<(), Errno> {
+        // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask get valid pointers.
+        let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+        // SAFETY: valid sets; glibc keeps its internal signals unblocked.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        }
+        let r = if still_idle() {
+            with_busy(|| self.wait(timeout, Some(app_mask.unwrap_or(&old))))
+        } else {
+            Ok(())
+        };
+        // SAFETY: restoring the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+        r
     }
 
     /// Copies out up to `out.len()` completions. Call [`Ring::submit`] first when
@@ -522,6 +612,13 @@ impl Ring {
             self.bufs.add(bid);
         }
         self.bufs.publish();
+    }
+
+    /// Wakes the owner out of its wait (through the eventfd its ring polls).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our own eventfd.
+        unsafe { libc::syscall(libc::SYS_write, self.wake_fd, &one as *const u64, 8) };
     }
 
     pub fn post_request(&self, id: u32, gen: u32, req: Request) {
@@ -651,6 +748,20 @@ pub fn recv_multi(fd: i32, id: u32, gen: u32) -> squeue::Entry {
     opcode::RecvMulti::new(types::Fd(fd), BGID)
         .build()
         .user_data(user_data(Op::Recv, id, gen))
+}
+
+fn now_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+fn ts_ns(t: &libc::timespec) -> u128 {
+    t.tv_sec.max(0) as u128 * 1_000_000_000 + t.tv_nsec.max(0) as u128
 }
 
 #[cfg(test)]

@@ -30,18 +30,39 @@ use ringshim_common::stats::Counter;
 /// data of the bridge eventfd in kernel sets ("RINGSHIM"); filtered from results.
 const BRIDGE_TAG: u64 = 0x5249_4e47_5348_494d;
 
-/// Whether epoll_wait on this instance needs the shim (it has accelerated members).
+/// Bumped in every fork child: registrations inherited from the parent are re-checked
+/// (their sockets now deliver leftovers and then go back to the kernel set).
+pub static FORK_EPOCH: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Whether epoll_wait on this instance needs the shim: it has accelerated members, or
+/// nests an instance that has.
 #[inline]
 pub fn merged(ep: &EpollRecord) -> bool {
-    ep.accelerated.load(Ordering::Acquire) > 0
+    ep.accelerated.load(Ordering::Acquire) > 0 || ep.nested.load(Ordering::Acquire) > 0
+}
+
+fn requeue_after_fork(ep: &EpollRecord) {
+    let epoch = FORK_EPOCH.load(Ordering::Acquire);
+    if ep.fork_epoch.swap(epoch, Ordering::AcqRel) == epoch {
+        return;
+    }
+    let mut st = ep.lock();
+    let slots: Vec<u32> = st
+        .live()
+        .filter(|(_, i)| i.accelerated && !i.queued)
+        .map(|(s, _)| s as u32)
+        .collect();
+    for slot in slots {
+        st.interests[slot as usize].queued = true;
+        st.ready.push_back(slot);
+    }
 }
 
 fn ensure_bridge(ep: &EpollRecord) {
     if ep.bridge_fd.load(Ordering::Acquire) >= 0 {
         return;
     }
-    // SAFETY: plain eventfd creation.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    let efd = crate::internal_fd::eventfd();
     if efd < 0 {
         return;
     }
@@ -102,8 +123,69 @@ pub fn mark_ready(ep_id: u32, slot: u32) {
         i.queued = true;
         st.ready.push_back(slot);
     }
-    if ep.sleepers.load(Ordering::SeqCst) > 0 || ep.exposed.load(Ordering::Relaxed) {
+    // Another thread sleeping on this instance must wake; an exposed instance must
+    // look readable to the kernel exactly when a member is.
+    if ep.sleepers.load(Ordering::SeqCst) > 0
+        || (ep.exposed.load(Ordering::Relaxed) && any_truly_ready(ep))
+    {
         signal_bridge(ep);
+    }
+}
+
+/// Whether a queued registration of `ep` is ready right now (the ready list only says
+/// "may be"). Used where a false positive would be visible: an exposed epoll fd.
+fn any_truly_ready(ep: &EpollRecord) -> bool {
+    let st = ep.lock();
+    let cap = send_cap();
+    st.ready.iter().any(|&slot| {
+        let i = &st.interests[slot as usize];
+        if i.fd < 0 || !i.accelerated || i.disarmed {
+            return false;
+        }
+        let Some(rec) = i.socket.and_then(|s| SOCKETS.get(s)) else {
+            return false;
+        };
+        let mask = i.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        rec.lock_io().events(cap) & mask != 0
+    })
+}
+
+/// How many epoll instances are exposed (nested or polled).
+static EXPOSED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Nobody harvests an exposed instance while the application waits on the epoll that
+/// nests it (or polls its fd): the waiting thread arms its members' receives and keeps
+/// the bridge equal to the instance's true readiness.
+fn refresh_exposed() {
+    if EXPOSED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let cap = send_cap();
+    for id in 0..EPOLLS.high_water() {
+        let Some(ep) = EPOLLS.get(id) else { continue };
+        if !ep.exposed.load(Ordering::Relaxed) || ep.alias_count.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        let ready = {
+            let st = ep.lock();
+            st.ready.iter().any(|&slot| {
+                let i = &st.interests[slot as usize];
+                if i.fd < 0 || !i.accelerated || i.disarmed {
+                    return false;
+                }
+                let Some(rec) = i.socket.and_then(|s| SOCKETS.get(s)) else {
+                    return false;
+                };
+                let mut io = rec.lock_io();
+                ensure_recv(rec, &mut io);
+                io.events(cap) & (i.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32) != 0
+            })
+        };
+        if ready {
+            signal_bridge(ep);
+        } else if ep.bridge_signalled.load(Ordering::Acquire) {
+            drain_bridge(ep);
+        }
     }
 }
 
@@ -112,8 +194,9 @@ pub fn expose(ep: &EpollRecord, _fd: c_int) {
     if ep.exposed.swap(true, Ordering::AcqRel) {
         return;
     }
+    EXPOSED.fetch_add(1, Ordering::Relaxed);
     ensure_bridge(ep);
-    if !ep.lock().ready.is_empty() {
+    if any_truly_ready(ep) {
         signal_bridge(ep);
     }
 }
@@ -145,12 +228,50 @@ pub unsafe fn epoll_ctl(
     };
     let ep_id = ep.id.load(Ordering::Relaxed);
     let sock_id = rec.id.load(Ordering::Relaxed);
+    if op != libc::EPOLL_CTL_DEL && events & libc::EPOLLPRI as u32 != 0 {
+        // Urgent data is invisible to a ring receive: the kernel watches this socket.
+        super::demote(rec, "EPOLLPRI interest");
+        if rec.engine() == crate::socket::Engine::Kernel {
+            // SAFETY: plain forward after demotion.
+            let r = unsafe { real::epoll_ctl(ep.epfd.load(Ordering::Relaxed), op, fd, event) };
+            if r == 0 {
+                crate::epoll::record_ctl(ep, op, fd, events, data);
+                return Ok(0);
+            }
+            return Err(errno::last());
+        }
+    }
+    const EXCLUSIVE_OK: u32 = (libc::EPOLLIN
+        | libc::EPOLLOUT
+        | libc::EPOLLRDNORM
+        | libc::EPOLLRDBAND
+        | libc::EPOLLWRNORM
+        | libc::EPOLLWRBAND
+        | libc::EPOLLERR
+        | libc::EPOLLHUP
+        | libc::EPOLLWAKEUP
+        | libc::EPOLLET
+        | libc::EPOLLEXCLUSIVE) as u32;
+    if op == libc::EPOLL_CTL_ADD
+        && events & libc::EPOLLEXCLUSIVE as u32 != 0
+        && events & !EXCLUSIVE_OK != 0
+    {
+        return Err(Errno(libc::EINVAL));
+    }
     match op {
         libc::EPOLL_CTL_ADD => {
             let slot = {
                 let mut st = ep.lock();
-                if st.find(fd).is_some() {
-                    return Err(Errno(libc::EEXIST));
+                if let Some(existing) = st.find(fd) {
+                    if st.interests[existing].socket == Some(sock_id) {
+                        return Err(Errno(libc::EEXIST));
+                    }
+                    // A registration of an earlier file with this number, closed behind
+                    // the shim's back: the kernel already dropped it.
+                    let stale = st.remove(existing);
+                    if stale.accelerated {
+                        ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 let slot = st.insert(Interest {
                     fd,
@@ -165,14 +286,9 @@ pub unsafe fn epoll_ctl(
                 slot as u32
             };
             ensure_bridge(ep);
-            let added = {
-                let mut io = rec.lock_io();
-                let ok = io.add_watcher(ep_id, slot);
-                if ok && events & libc::EPOLLIN as u32 != 0 {
-                    ensure_recv(rec, &mut io);
-                }
-                ok
-            };
+            // The receive is armed by the thread that harvests this registration (its
+            // waiter), not here: only a waiting thread reaps its ring.
+            let added = rec.lock_io().add_watcher(ep_id, slot);
             if !added {
                 // More epoll instances than the socket can follow: the kernel takes it.
                 {
@@ -210,10 +326,6 @@ pub unsafe fn epoll_ctl(
                 i.disarmed = false;
                 slot as u32
             };
-            if events & libc::EPOLLIN as u32 != 0 {
-                let mut io = rec.lock_io();
-                ensure_recv(rec, &mut io);
-            }
             mark_ready(ep_id, slot);
             Ok(0)
         }
@@ -270,12 +382,8 @@ pub fn adopt_kernel_registrations(rec: &'static SocketRecord, fd: c_int) {
         };
         if let Some((slot, events)) = adopted {
             ensure_bridge(ep);
-            let mut io = rec.lock_io();
-            io.add_watcher(ep_id, slot);
-            if events & libc::EPOLLIN as u32 != 0 {
-                ensure_recv(rec, &mut io);
-            }
-            drop(io);
+            let _ = events;
+            rec.lock_io().add_watcher(ep_id, slot);
             mark_ready(ep_id, slot);
         }
     }
@@ -318,7 +426,26 @@ pub fn return_to_kernel(ep_id: u32, slot: u32) {
 /// # Safety
 /// `events` must have room for `max` entries.
 unsafe fn harvest(ep: &EpollRecord, events: *mut epoll_event, max: usize) -> usize {
-    let mut st = ep.lock();
+    let mut detached: Vec<&'static SocketRecord> = Vec::new();
+    let n = {
+        let mut st = ep.lock();
+        // SAFETY: forwarded caller contract.
+        unsafe { harvest_locked(&mut st, events, max, &mut detached) }
+    };
+    for rec in detached {
+        super::finish_detach(rec);
+    }
+    n
+}
+
+/// # Safety
+/// `events` must have room for `max` entries.
+unsafe fn harvest_locked(
+    st: &mut crate::epoll::EpollState,
+    events: *mut epoll_event,
+    max: usize,
+    detached: &mut Vec<&'static SocketRecord>,
+) -> usize {
     let rounds = st.ready.len();
     let mut n = 0;
     let cap = send_cap();
@@ -338,7 +465,21 @@ unsafe fn harvest(ep: &EpollRecord, events: *mut epoll_event, max: usize) -> usi
             continue;
         };
         let mask = i.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-        let ev = rec.lock_io().events(cap) & mask;
+        let ev = {
+            let mut io = rec.lock_io();
+            if io.detached && io.rx.is_empty() {
+                // A fork child's (or demoted) socket with nothing left in the shim:
+                // it goes back to the kernel set once the lock is released.
+                detached.push(rec);
+                st.interests[slot as usize].queued = false;
+                continue;
+            }
+            // Always armed, whatever the interest: resets and end-of-file are seen
+            // only through a receive. The harvesting thread is the waiter, whose ring
+            // is reaped.
+            ensure_recv(rec, &mut io);
+            io.events(cap) & mask
+        };
         if i.disarmed || ev == 0 {
             st.interests[slot as usize].queued = false;
             continue;
@@ -411,12 +552,17 @@ fn now_ns() -> u128 {
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
+/// A timeout the kernel would reject (negative, or nanoseconds out of range).
+fn invalid_timeout(t: &Option<timespec>) -> bool {
+    t.is_some_and(|t| t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec))
+}
+
 fn deadline_of(t: Option<timespec>) -> Option<u128> {
     t.map(|t| now_ns() + (t.tv_sec.max(0) as u128) * 1_000_000_000 + t.tv_nsec.max(0) as u128)
 }
 
-/// Time left until `deadline`, None for "forever"; Some(None) when it passed.
-fn remaining(deadline: Option<u128>) -> Option<Option<types::Timespec>> {
+/// Time left until `deadline`: Some(None) for "forever", None when it passed.
+fn remaining(deadline: Option<u128>) -> Option<Option<timespec>> {
     match deadline {
         None => Some(None),
         Some(d) => {
@@ -425,11 +571,10 @@ fn remaining(deadline: Option<u128>) -> Option<Option<types::Timespec>> {
                 return None;
             }
             let left = d - now;
-            Some(Some(
-                types::Timespec::new()
-                    .sec((left / 1_000_000_000) as u64)
-                    .nsec((left % 1_000_000_000) as u32),
-            ))
+            Some(Some(timespec {
+                tv_sec: (left / 1_000_000_000) as i64,
+                tv_nsec: (left % 1_000_000_000) as i64,
+            }))
         }
     }
 }
@@ -446,6 +591,9 @@ pub unsafe fn epoll_wait(
     timeout: Option<timespec>,
     sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
+    if invalid_timeout(&timeout) {
+        return Err(Errno(libc::EINVAL));
+    }
     if max <= 0 {
         return Err(Errno(libc::EINVAL));
     }
@@ -462,23 +610,24 @@ pub unsafe fn epoll_wait(
         return unsafe { epoll_wait_without_ring(ep, epfd, events, max, deadline, sigmask) };
     };
     ring.set_loop_thread();
+    requeue_after_fork(ep);
+    let mut settled = false;
     let ep_id = ep.id.load(Ordering::Relaxed);
     loop {
         process(ring);
+        refresh_exposed();
         // SAFETY: room for `max` entries.
         let mut n = unsafe { harvest(ep, events, max) };
         if n < max && ring.epoll_check_needed(ep_id) {
             // SAFETY: room for `max - n` entries after the first n.
             let (k, bridge) = unsafe { harvest_kernel(ep, epfd, events.add(n), max - n) }?;
             n += k;
-            if bridge && n < max {
-                // SAFETY: as above.
-                n += unsafe { harvest(ep, events.add(n), max - n) };
-            }
+            // The bridge only says the ready list changed; it was harvested above.
+            let _ = bridge;
         }
         ring.arm_epoll_watch(ep_id, epfd);
         if n > 0 {
-            if ep.exposed.load(Ordering::Relaxed) && !ep.lock().ready.is_empty() {
+            if ep.exposed.load(Ordering::Relaxed) && any_truly_ready(ep) {
                 signal_bridge(ep);
             }
             if ring.has_unsubmitted() {
@@ -487,17 +636,15 @@ pub unsafe fn epoll_wait(
             return Ok(n as c_int);
         }
         let Some(left) = remaining(deadline) else {
-            if ring.has_unsubmitted() {
-                let _ = ring::with_busy(|| ring.submit());
+            if !settled && (ring.has_unsubmitted() || ring.work_pending()) {
+                super::settle(ring);
+                settled = true;
+                continue;
             }
             return Ok(0);
         };
         ep.sleepers.fetch_add(1, Ordering::SeqCst);
-        if !ep.lock().ready.is_empty() {
-            ep.sleepers.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let r = ring::with_busy(|| ring.wait(left.as_ref(), mask));
+        let r = ring.sleep(left, mask, || ep.lock().ready.is_empty());
         ep.sleepers.fetch_sub(1, Ordering::SeqCst);
         if let Err(e) = r {
             if e.0 == libc::EINTR {
@@ -505,6 +652,88 @@ pub unsafe fn epoll_wait(
                 return Err(e);
             }
             return Err(e);
+        }
+    }
+}
+
+/// epoll_wait on an instance without accelerated members: the kernel wait, counted as
+/// a sleeper so that another thread adding the first accelerated member wakes it
+/// through the bridge, which is then filtered out and the wait continues merged.
+///
+/// # Safety
+/// As epoll_pwait2.
+pub unsafe fn epoll_wait_kernel(
+    ep: &'static EpollRecord,
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: Option<timespec>,
+    sigmask: *const sigset_t,
+    precise: bool,
+) -> Result<c_int, Errno> {
+    if invalid_timeout(&timeout) {
+        return Err(Errno(libc::EINVAL));
+    }
+    let deadline = deadline_of(timeout);
+    loop {
+        let left = remaining(deadline);
+        let left_ts = match left {
+            None => Some(timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+            Some(t) => t,
+        };
+        ep.sleepers.fetch_add(1, Ordering::SeqCst);
+        let r = if precise {
+            let p = left_ts
+                .as_ref()
+                .map_or(core::ptr::null(), |t| t as *const timespec);
+            // SAFETY: the caller's buffers; our timeout.
+            unsafe { real::epoll_pwait2(epfd, events, max, p, sigmask) }
+        } else {
+            // Milliseconds, rounded up as the kernel rounds epoll_wait's timeout.
+            let ms = left_ts.map_or(-1, |t| {
+                let ns = t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+                ((ns + 999_999) / 1_000_000).min(i32::MAX as i128) as c_int
+            });
+            // SAFETY: the caller's buffers.
+            unsafe { real::epoll_pwait(epfd, events, max, ms, sigmask) }
+        };
+        ep.sleepers.fetch_sub(1, Ordering::SeqCst);
+        if r < 0 {
+            return Err(errno::last());
+        }
+        let mut kept = 0;
+        let mut bridge = false;
+        for k in 0..r as usize {
+            // SAFETY: the kernel wrote r entries.
+            let e = unsafe { events.add(k).read() };
+            if e.u64 == BRIDGE_TAG {
+                bridge = true;
+                continue;
+            }
+            // SAFETY: kept <= k.
+            unsafe { events.add(kept).write(e) };
+            kept += 1;
+        }
+        if !bridge || kept > 0 {
+            return Ok(kept as c_int);
+        }
+        drain_bridge(ep);
+        if merged(ep) {
+            let t = remaining(deadline).map_or(
+                Some(timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                }),
+                |t| t,
+            );
+            // SAFETY: forwarded caller contract.
+            return unsafe { epoll_wait(ep, epfd, events, max, t, sigmask) };
+        }
+        if left.is_none() {
+            return Ok(0);
         }
     }
 }
@@ -592,7 +821,10 @@ pub unsafe fn poll_needs_shim(fds: *mut pollfd, n: nfds_t) -> bool {
             needs = true;
         } else if let Some(ep) = crate::epoll::lookup(fd) {
             if merged(ep) {
+                // Its members' completions arrive through this thread's ring: the wait
+                // must drive it.
                 expose(ep, fd);
+                needs = true;
             }
         }
     }
@@ -614,6 +846,9 @@ pub unsafe fn poll(
     timeout: Option<timespec>,
     sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
+    if invalid_timeout(&timeout) {
+        return Err(Errno(libc::EINVAL));
+    }
     // SAFETY: caller contract.
     let set = unsafe { core::slice::from_raw_parts_mut(fds, n as usize) };
     let deadline = deadline_of(timeout);
@@ -624,40 +859,69 @@ pub unsafe fn poll(
         r.set_loop_thread();
     }
     let cap = send_cap();
+    for p in set.iter() {
+        if p.events & libc::POLLPRI != 0 {
+            if let Some(rec) = crate::socket::accelerated(p.fd) {
+                // Urgent data is invisible to a ring receive.
+                super::demote(rec, "POLLPRI interest");
+            }
+        }
+    }
+    let mut settled = false;
     let mut accel: Vec<Option<&'static SocketRecord>> = set
         .iter()
         .map(|p| crate::socket::accelerated(p.fd))
         .collect();
-    for (p, a) in set.iter().zip(accel.iter()) {
-        if let Some(rec) = a {
-            if p.events & libc::POLLIN != 0 {
-                let mut io = rec.lock_io();
-                ensure_recv(rec, &mut io);
-            }
-        }
-    }
-    let has_kernel = accel
-        .iter()
-        .zip(set.iter())
-        .any(|(a, p)| a.is_none() && p.fd >= 0);
+    let mut served = vec![false; set.len()];
     loop {
         if let Some(r) = ring {
             process(r);
+            refresh_exposed();
         }
+        // Which accelerated members the shim must answer for: those whose bytes or
+        // operations it holds. A socket the shim holds nothing of is polled in the
+        // kernel, exactly; poll() never arms receives (it cannot own them: the thread
+        // may never wait through the shim again).
+        let me = ring.map(|r| u32::from(r.id) + 1);
+        for ((p, a), shim) in set.iter().zip(accel.iter_mut()).zip(served.iter_mut()) {
+            *shim = false;
+            let Some(rec) = *a else { continue };
+            let (leftover_done, holds) = {
+                let io = rec.lock_io();
+                (io.detached && io.rx.is_empty(), !io.holds_nothing())
+            };
+            if leftover_done {
+                super::finish_detach(rec);
+            }
+            if crate::socket::accelerated(p.fd).is_none() {
+                // Demoted or closed meanwhile: the kernel answers from now on.
+                *a = None;
+                continue;
+            }
+            *shim = holds;
+            if holds {
+                let owner = rec.lock_io().owner;
+                if let Some(me) = me.filter(|&m| m != owner) {
+                    // Its completions arrive on another thread's ring: ask to be woken.
+                    rec.remote_waker().store(me, Ordering::Release);
+                }
+            }
+        }
+        let has_kernel = served.iter().zip(set.iter()).any(|(s, p)| !*s && p.fd >= 0);
         let mut count = 0;
         // Kernel members: one non-blocking poll over the same array with the
-        // accelerated entries hidden (negative fds are ignored by the kernel).
+        // shim-served entries hidden (negative fds are ignored by the kernel).
         if has_kernel {
-            for (p, a) in set.iter_mut().zip(accel.iter()) {
-                if a.is_some() {
+            for (p, s) in set.iter_mut().zip(served.iter()) {
+                if *s {
                     p.fd = !p.fd;
                 }
             }
             // SAFETY: the caller's array.
             let r = unsafe { real::poll(set.as_mut_ptr(), n, 0) };
             let err = errno::get();
-            for (p, a) in set.iter_mut().zip(accel.iter()) {
-                if a.is_some() {
+            for (p, s) in set.iter_mut().zip(served.iter()) {
+                if *s {
                     p.fd = !p.fd;
                 }
             }
@@ -666,11 +930,9 @@ pub unsafe fn poll(
             }
             count += r;
         }
-        for (p, a) in set.iter_mut().zip(accel.iter_mut()) {
+        for ((p, a), s) in set.iter_mut().zip(accel.iter()).zip(served.iter()) {
             let Some(rec) = a else { continue };
-            if crate::socket::accelerated(p.fd).is_none() {
-                // Demoted or closed meanwhile: the kernel answers from now on.
-                *a = None;
+            if !*s {
                 continue;
             }
             let want = (p.events as u16 as u32) | (libc::POLLERR | libc::POLLHUP) as u32;
@@ -688,7 +950,13 @@ pub unsafe fn poll(
         }
         let Some(left) = remaining(deadline) else {
             if let Some(r) = ring {
-                let _ = ring::with_busy(|| r.submit());
+                if !settled && (r.has_unsubmitted() || r.work_pending()) {
+                    // Receives armed by this call have not run yet: give them one
+                    // chance to report what the kernel already holds (EOF, bytes).
+                    super::settle(r);
+                    settled = true;
+                    continue;
+                }
             }
             return Ok(0);
         };
@@ -701,8 +969,8 @@ pub unsafe fn poll(
                 });
                 let ud = ring::user_data(Op::PollFd, 0, gen);
                 let mut armed = false;
-                for (p, a) in set.iter().zip(accel.iter()) {
-                    if a.is_none() && p.fd >= 0 {
+                for (p, shim) in set.iter().zip(served.iter()) {
+                    if !*shim && p.fd >= 0 {
                         r.push(
                             opcode::PollAdd::new(
                                 types::Fd(p.fd),
@@ -714,7 +982,7 @@ pub unsafe fn poll(
                         armed = true;
                     }
                 }
-                let res = ring::with_busy(|| r.wait(left.as_ref(), mask));
+                let res = r.sleep(left, mask, || true);
                 if armed {
                     r.push(
                         opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud).all())
@@ -728,8 +996,8 @@ pub unsafe fn poll(
                 // No ring on this thread: sleep in slices so other threads' completions
                 // are seen (rare: ring creation failed here).
                 // SAFETY: the caller's array with accelerated entries hidden.
-                for (p, a) in set.iter_mut().zip(accel.iter()) {
-                    if a.is_some() {
+                for (p, a) in set.iter_mut().zip(served.iter()) {
+                    if *a {
                         p.fd = !p.fd;
                     }
                 }
@@ -739,8 +1007,8 @@ pub unsafe fn poll(
                 };
                 let r = unsafe { real::ppoll(set.as_mut_ptr(), n, &slice, sigmask) };
                 let err = errno::get();
-                for (p, a) in set.iter_mut().zip(accel.iter()) {
-                    if a.is_some() {
+                for (p, a) in set.iter_mut().zip(served.iter()) {
+                    if *a {
                         p.fd = !p.fd;
                     }
                 }
@@ -777,6 +1045,7 @@ pub unsafe fn select_needs_shim(
             if let Some(ep) = crate::epoll::lookup(fd) {
                 if merged(ep) {
                     expose(ep, fd);
+                    return true;
                 }
             }
         }
@@ -796,6 +1065,9 @@ pub unsafe fn select(
     timeout: Option<timespec>,
     sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
+    if invalid_timeout(&timeout) {
+        return Err(Errno(libc::EINVAL));
+    }
     if !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return Err(Errno(libc::EINVAL));
     }
