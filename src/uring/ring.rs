@@ -233,14 +233,14 @@ pub fn current() -> Option<&'static Ring> {
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
-/// This thread's ring, created on first use. None when rings are unavailable here or
-/// the thread is already inside a ring call (a signal handler).
+/// This thread's ring, created on first use. None when rings are unavailable here (or
+/// creation would happen inside a ring call).
 pub fn mine() -> Option<&'static Ring> {
-    if BUSY.with(|b| b.get()) {
-        return None;
-    }
     if let Some(r) = current() {
         return Some(r);
+    }
+    if BUSY.with(|b| b.get()) {
+        return None;
     }
     if CREATE_FAILED.with(|c| c.get()) {
         return None;
