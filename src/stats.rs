@@ -104,6 +104,14 @@ pub fn set_ring_fd(fd: i32) {
     f.store(fd as u32, Ordering::Relaxed);
 }
 
+/// Sum of the counter with this index over every slot.
+pub fn total_index(c: usize) -> u64 {
+    let page = page();
+    (0..SLOTS)
+        .map(|s| slot_counter(page, s, c).load(Ordering::Relaxed))
+        .sum()
+}
+
 /// Sum of one counter over every slot (used by tests and the debug log).
 pub fn total(c: Counter) -> u64 {
     let page = page();

@@ -15,6 +15,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod fd;
+pub mod info;
 pub mod io;
 pub mod poll;
 pub mod process;

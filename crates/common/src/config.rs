@@ -593,6 +593,18 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_variable() {
+        let readme = include_str!("../../../README.md");
+        for spec in VARIABLES {
+            assert!(
+                readme.contains(&format!("| `{}` |", spec.name)),
+                "README lacks a row for {}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
     fn profiles_only_set_valid_values() {
         for (name, _, vars) in PROFILES {
             let (_, errors) = parse(vars);
