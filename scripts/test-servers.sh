@@ -478,7 +478,8 @@ run_scenario() {
         set -eE
         SCEN_DIR=""
         # A step without its own `|| die` still says what failed.
-        trap 'echo "FAILED: line $LINENO: $BASH_COMMAND (exit $?)" >&2' ERR
+        # shellcheck disable=SC2154 # rc is assigned inside the trap
+        trap 'rc=$?; echo "FAILED: line $LINENO${FUNCNAME:+ in ${FUNCNAME[0]}, called from line ${BASH_LINENO[0]}}: $BASH_COMMAND (exit $rc)" >&2' ERR
         # On failure: the servers' log tails, then every process of the scenario ended.
         trap 'rc=$?; if ((rc != 0)) && [[ -n "$SCEN_DIR" ]]; then dump_logs "$SCEN_DIR"; fi; stop_all' EXIT
         trap 'exit 143' TERM INT
