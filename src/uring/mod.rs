@@ -394,10 +394,16 @@ fn socket_for(id: u32, gen: u32) -> Option<&'static SocketRecord> {
 /// Runs everything pending on this thread's ring: returned buffers, requests from
 /// other threads, completions. Returns the number of completions handled.
 pub fn process(ring: &Ring) -> usize {
-    ring::with_busy(|| process_inner(ring))
+    ring::with_busy(|| process_inner(ring, true))
 }
 
-fn process_inner(ring: &Ring) -> usize {
+/// [`process`] without entering the kernel: handles only what is already in user
+/// memory. The event loop uses this and lets its one wait submit and reap the rest.
+pub fn process_local(ring: &Ring) -> usize {
+    ring::with_busy(|| process_inner(ring, false))
+}
+
+fn process_inner(ring: &Ring, may_enter: bool) -> usize {
     ring.replenish();
     while let Some((id, gen, req)) = ring.next_request() {
         if req == Request::CancelRecv {
@@ -420,7 +426,7 @@ fn process_inner(ring: &Ring) -> usize {
             Request::CancelRecv => {}
         }
     }
-    if ring.work_pending() || ring.has_unsubmitted() {
+    if may_enter && (ring.work_pending() || ring.has_unsubmitted()) {
         let _ = ring.submit();
     }
     let mut handled = 0;

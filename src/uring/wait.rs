@@ -15,6 +15,7 @@
 
 use super::ring::{self, Op};
 use super::{ensure_recv, process};
+
 use crate::epoll::{EpollRecord, Interest, EPOLLS};
 use crate::errno::{self, Errno};
 use crate::real;
@@ -614,7 +615,10 @@ pub unsafe fn epoll_wait(
     let mut settled = false;
     let ep_id = ep.id.load(Ordering::Relaxed);
     loop {
-        process(ring);
+        // Only what is already in user memory: the one enter per turn below (the sleep,
+        // or the submit before returning) hands queued sends to the kernel and runs
+        // deferred completions together.
+        super::process_local(ring);
         refresh_exposed();
         // SAFETY: room for `max` entries.
         let mut n = unsafe { harvest(ep, events, max) };
