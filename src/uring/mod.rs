@@ -378,6 +378,7 @@ fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
                 .build()
                 .user_data(ring::user_data(Op::Send, id, io.gen));
             m.push(sqe);
+            m.send_started();
             stats::bump(Counter::SendSubmissions);
         }
         (_, Some(o)) => o.post_request(id, io.gen, Request::Send),
@@ -533,6 +534,7 @@ fn on_recv(ring: &Ring, id: u32, gen: u32, res: i32, flags: u32) {
 }
 
 fn on_send(ring: &Ring, id: u32, gen: u32, res: i32) {
+    ring.send_finished();
     let Some(rec) = socket_for(id, gen) else {
         return;
     };
@@ -626,6 +628,14 @@ pub(crate) fn settle(ring: &Ring) {
         }
     }
     process(ring);
+}
+
+/// Whether this thread's ring has sends in flight or closed sockets draining: its waits
+/// must then go through the ring even when they watch only kernel fds, or the sends
+/// would never continue (their completions are reaped only by this thread).
+#[inline]
+pub fn ring_busy_sending() -> bool {
+    ring::current().is_some_and(|r| r.outstanding_sends())
 }
 
 /// Hands this thread's queued SQEs to the kernel. Cheap when there are none: called
@@ -1088,6 +1098,41 @@ pub fn flush_all() {
         if let Some(rec) = crate::socket::accelerated(fd) {
             flush(rec);
         }
+    }
+}
+
+/// A thread with a ring is exiting: bytes queued on its ring (sockets it owns, closed
+/// sockets still draining) must still leave, so they are flushed now, each bounded by
+/// `RINGSHIM_CLOSE_DRAIN_MS`; afterwards nothing of the ring is used again.
+pub fn on_thread_exit(ring: &'static Ring) {
+    let me = u32::from(ring.id) + 1;
+    let deadline = now_ms() + u64::from(cfg().close_drain_ms);
+    loop {
+        let mut pending = !ring.draining().is_empty();
+        for id in 0..SOCKETS.high_water() {
+            let Some(rec) = SOCKETS.get(id) else { continue };
+            if rec.engine() != Engine::Uring {
+                continue;
+            }
+            let Ok(mut io) = rec.io.try_lock() else {
+                continue;
+            };
+            if io.owner == me && (!io.tx.is_empty() || io.send_inflight != 0) {
+                pending = true;
+                submit_send(rec, &mut io);
+            }
+        }
+        if !pending || now_ms() >= deadline {
+            break;
+        }
+        let left = deadline - now_ms();
+        let ts = libc::timespec {
+            tv_sec: (left / 1000) as i64,
+            tv_nsec: ((left % 1000) * 1_000_000) as i64,
+        };
+        process(ring);
+        let _ = ring.sleep(Some(ts), None, || true);
+        process(ring);
     }
 }
 

@@ -181,6 +181,8 @@ struct Local {
     draining: Vec<(u32, u32)>,
     /// Epoll instances whose kernel set this ring watches: (epoll id, armed, fired).
     epoll_watch: Vec<(u32, bool, bool)>,
+    /// SENDMSGs submitted and not yet completed.
+    sends_in_flight: u32,
 }
 
 pub struct Ring {
@@ -388,6 +390,7 @@ impl Ring {
                 starved: Vec::new(),
                 draining: Vec::new(),
                 epoll_watch: Vec::new(),
+                sends_in_flight: 0,
             }),
             defer_taskrun,
             sqpoll,
@@ -399,6 +402,7 @@ impl Ring {
                 .user_data(user_data(Op::Wake, 0, 0)),
         );
         RINGS[id as usize].store(ring, Ordering::Release);
+        register_thread_exit(ring);
         stats::bump(Counter::RingsCreated);
         stats::set_ring_fd(std::os::fd::AsRawFd::as_raw_fd(ring.uring()));
         crate::log_debug!(
@@ -658,6 +662,21 @@ impl Ring {
         }
     }
 
+    pub fn send_started(&self) {
+        self.local().sends_in_flight += 1;
+    }
+
+    pub fn send_finished(&self) {
+        let l = self.local();
+        l.sends_in_flight = l.sends_in_flight.saturating_sub(1);
+    }
+
+    /// Sends in flight or closed sockets still draining on this ring.
+    pub fn outstanding_sends(&self) -> bool {
+        let l = self.local();
+        l.sends_in_flight > 0 || !l.draining.is_empty()
+    }
+
     pub fn set_loop_thread(&self) {
         self.local().loop_thread = true;
     }
@@ -732,6 +751,42 @@ impl Ring {
     pub fn forget_epoll(&self, ep: u32) {
         self.local().epoll_watch.retain(|e| e.0 != ep);
     }
+}
+
+/// Set once: the pthread key whose destructor runs when a thread with a ring exits.
+static EXIT_KEY: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
+
+extern "C" fn thread_exit(ring: *mut libc::c_void) {
+    if ring.is_null() {
+        return;
+    }
+    // SAFETY: the value stored by register_thread_exit: a leaked Ring.
+    let ring = unsafe { &*(ring as *const Ring) };
+    crate::uring::on_thread_exit(ring);
+}
+
+/// Arranges for [`crate::uring::on_thread_exit`] to run when this thread ends (a
+/// pthread key destructor: no Rust thread-local destructor, which could allocate or
+/// run after the TLS it needs is gone).
+fn register_thread_exit(ring: &'static Ring) {
+    let mut key = EXIT_KEY.load(Ordering::Acquire);
+    if key == u32::MAX {
+        let mut k: libc::pthread_key_t = 0;
+        // SAFETY: valid out-pointer and a plain destructor function.
+        if unsafe { libc::pthread_key_create(&mut k, Some(thread_exit)) } != 0 {
+            return;
+        }
+        key = match EXIT_KEY.compare_exchange(u32::MAX, k, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => k,
+            Err(existing) => {
+                // SAFETY: deleting the key this thread just created and lost the race with.
+                unsafe { libc::pthread_key_delete(k) };
+                existing
+            }
+        };
+    }
+    // SAFETY: a key created above; the value is a leaked, never-freed ring.
+    unsafe { libc::pthread_setspecific(key, ring as *const Ring as *const libc::c_void) };
 }
 
 /// After fork, in the child: the parent's rings are not ours. They stay mapped

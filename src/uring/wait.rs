@@ -39,7 +39,9 @@ pub static FORK_EPOCH: core::sync::atomic::AtomicU32 = core::sync::atomic::Atomi
 /// nests an instance that has.
 #[inline]
 pub fn merged(ep: &EpollRecord) -> bool {
-    ep.accelerated.load(Ordering::Acquire) > 0 || ep.nested.load(Ordering::Acquire) > 0
+    ep.accelerated.load(Ordering::Acquire) > 0
+        || ep.nested.load(Ordering::Acquire) > 0
+        || super::ring_busy_sending()
 }
 
 fn requeue_after_fork(ep: &EpollRecord) {
@@ -817,7 +819,7 @@ pub fn on_poll_fd(_id: u32, _gen: u32, _res: i32) {}
 /// # Safety
 /// `fds` holds `n` entries.
 pub unsafe fn poll_needs_shim(fds: *mut pollfd, n: nfds_t) -> bool {
-    let mut needs = false;
+    let mut needs = super::ring_busy_sending();
     for k in 0..n as usize {
         // SAFETY: caller contract.
         let fd = unsafe { (*fds.add(k)).fd };
@@ -1034,6 +1036,9 @@ pub unsafe fn select_needs_shim(
     w: *mut fd_set,
     e: *mut fd_set,
 ) -> bool {
+    if super::ring_busy_sending() {
+        return true;
+    }
     let nfds = nfds.clamp(0, libc::FD_SETSIZE as c_int);
     for fd in 0..nfds {
         // SAFETY: fd < nfds <= FD_SETSIZE, inside the sets.
