@@ -38,18 +38,26 @@ struct Mode {
     env: Option<&'static [(&'static str, &'static str)]>,
 }
 
-const NO_SHIM: Mode = Mode { name: "no-shim", env: None };
+const NO_SHIM: Mode = Mode {
+    name: "no-shim",
+    env: None,
+};
 
 /// The reference run first, then every shim configuration this host can run. A mode that
 /// needs io_uring is skipped when io_uring is unavailable (a failure under `CI=true`).
 fn active_modes() -> Vec<Mode> {
     let mut modes = vec![NO_SHIM];
     for &(name, env) in MODES {
-        let needs_uring = env.iter().any(|&(k, v)| k == "RINGSHIM_BACKEND" && v == "uring");
+        let needs_uring = env
+            .iter()
+            .any(|&(k, v)| k == "RINGSHIM_BACKEND" && v == "uring");
         if needs_uring && !require(io_uring_available(), &format!("io_uring (mode {name})")) {
             continue;
         }
-        modes.push(Mode { name, env: Some(env) });
+        modes.push(Mode {
+            name,
+            env: Some(env),
+        });
     }
     modes
 }
@@ -72,7 +80,14 @@ fn command_in(mode: Mode, program: &Path) -> Command {
             cmd.env_remove(&key);
         }
     }
-    for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
+    for proxy in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         cmd.env_remove(proxy);
     }
     cmd
@@ -80,7 +95,10 @@ fn command_in(mode: Mode, program: &Path) -> Command {
 
 /// Quotes `s` for a POSIX shell.
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -111,7 +129,8 @@ impl Scratch {
     fn new(tag: &str) -> Scratch {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ringshim-preload-{}-{tag}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ringshim-preload-{}-{tag}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -187,8 +206,15 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Outcome {
     };
     let elapsed = start.elapsed();
     waiter.join().unwrap();
-    let read = |name| String::from_utf8_lossy(&std::fs::read(scratch.path(name)).unwrap_or_default()).into_owned();
-    Outcome { status, stdout: read("stdout"), stderr: read("stderr"), elapsed }
+    let read = |name| {
+        String::from_utf8_lossy(&std::fs::read(scratch.path(name)).unwrap_or_default()).into_owned()
+    };
+    Outcome {
+        status,
+        stdout: read("stdout"),
+        stderr: read("stderr"),
+        elapsed,
+    }
 }
 
 /// A long-running child (a server) that is killed by PID when dropped, even on panic.
@@ -216,7 +242,12 @@ fn scenario(program: &Path, args: &[&str]) {
         cmd.args(args);
         let outcome = run_bounded(cmd, TIMEOUT);
         if mode.env.is_none() && outcome.skipped() {
-            eprintln!("SKIP: {} {:?} cannot run on this host:\n{}", program.display(), args, outcome.stdout);
+            eprintln!(
+                "SKIP: {} {:?} cannot run on this host:\n{}",
+                program.display(),
+                args,
+                outcome.stdout
+            );
             reference_skipped = true;
             continue;
         }
@@ -240,7 +271,13 @@ fn scenario(program: &Path, args: &[&str]) {
             outcome.describe()
         ));
     }
-    assert!(failures.is_empty(), "{} {:?}:\n{}", program.display(), args, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} {:?}:\n{}",
+        program.display(),
+        args,
+        failures.join("\n")
+    );
 }
 
 macro_rules! scenarios {
@@ -337,7 +374,11 @@ scenarios!("pl_threads" {
 /// The program built with `-O2 -D_FORTIFY_SOURCE=2`, so that its reads and polls go
 /// through glibc's checked entry points.
 fn fortify_program() -> PathBuf {
-    c_program_with("pl_fortify", "-fortify", &["-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=2"])
+    c_program_with(
+        "pl_fortify",
+        "-fortify",
+        &["-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=2"],
+    )
 }
 
 #[test]
@@ -345,12 +386,25 @@ fn fortify_variants_are_exercised() {
     let exe = fortify_program();
     // Guard the premise: if the compiler stopped emitting the _chk calls, the scenario
     // below would silently test the plain functions instead.
-    let nm = Command::new("nm").arg("-D").arg(&exe).output().expect("run nm");
+    let nm = Command::new("nm")
+        .arg("-D")
+        .arg(&exe)
+        .output()
+        .expect("run nm");
     assert!(nm.status.success(), "nm -D failed");
     let imports = String::from_utf8_lossy(&nm.stdout);
-    for sym in ["__read_chk", "__recv_chk", "__recvfrom_chk", "__poll_chk", "__ppoll_chk"] {
+    for sym in [
+        "__read_chk",
+        "__recv_chk",
+        "__recvfrom_chk",
+        "__poll_chk",
+        "__ppoll_chk",
+    ] {
         assert!(
-            imports.lines().any(|l| l.split_whitespace().last().is_some_and(|s| s.split('@').next() == Some(sym))),
+            imports.lines().any(|l| l
+                .split_whitespace()
+                .last()
+                .is_some_and(|s| s.split('@').next() == Some(sym))),
             "{} does not import {sym}; imports:\n{imports}",
             exe.display()
         );
@@ -371,7 +425,10 @@ fn fortify_overflow_still_aborts() {
 fn python3() -> Option<PathBuf> {
     static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
     PY.get_or_init(|| {
-        let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().ok()?;
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()?;
         let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
         (out.status.success() && path.is_absolute()).then_some(path)
     })
@@ -390,7 +447,12 @@ enum Stderr {
 
 /// Runs a tool in every mode; asserts exit 0, stdout identical to the reference run (and
 /// to `expect_stdout` when given), and the `stderr` rule. Returns the reference stdout.
-fn tool_unchanged(program: &Path, args: &[&str], expect_stdout: Option<&str>, stderr: Stderr) -> String {
+fn tool_unchanged(
+    program: &Path,
+    args: &[&str],
+    expect_stdout: Option<&str>,
+    stderr: Stderr,
+) -> String {
     let mut reference: Option<String> = None;
     let mut failures = Vec::new();
     for mode in active_modes() {
@@ -411,7 +473,9 @@ fn tool_unchanged(program: &Path, args: &[&str], expect_stdout: Option<&str>, st
         }
         match &reference {
             None => reference = Some(o.stdout.clone()),
-            Some(r) if *r != o.stdout => problems.push(format!("stdout differs from the run without the shim:\n{r}")),
+            Some(r) if *r != o.stdout => problems.push(format!(
+                "stdout differs from the run without the shim:\n{r}"
+            )),
             Some(_) => {}
         }
         if !problems.is_empty() {
@@ -424,14 +488,24 @@ fn tool_unchanged(program: &Path, args: &[&str], expect_stdout: Option<&str>, st
             ));
         }
     }
-    assert!(failures.is_empty(), "{}:\n{}", program.display(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}:\n{}",
+        program.display(),
+        failures.join("\n")
+    );
     reference.unwrap_or_default()
 }
 
 #[test]
 fn tool_sh_output_unchanged() {
     let script = "echo hi; printf '%s\\n' a b; echo abc | tr a-c x-z; (exit 3); echo status=$?";
-    tool_unchanged(Path::new("/bin/sh"), &["-c", script], Some("hi\na\nb\nxyz\nstatus=3\n"), Stderr::Empty);
+    tool_unchanged(
+        Path::new("/bin/sh"),
+        &["-c", script],
+        Some("hi\na\nb\nxyz\nstatus=3\n"),
+        Stderr::Empty,
+    );
 }
 
 #[test]
@@ -450,7 +524,11 @@ fn tool_sh_exit_status_preserved() {
             ));
         }
     }
-    assert!(failures.is_empty(), "sh -c 'exit 7':\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "sh -c 'exit 7':\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -462,7 +540,12 @@ fn tool_ls_output_unchanged() {
     std::fs::create_dir(dir.path("sub")).unwrap();
     let d = dir.0.to_str().unwrap();
     tool_unchanged(Path::new("/bin/ls"), &["-l", d], None, Stderr::Empty);
-    tool_unchanged(Path::new("/bin/ls"), &[d], Some("alpha\nbeta.txt\ngamma\nsub\n"), Stderr::Empty);
+    tool_unchanged(
+        Path::new("/bin/ls"),
+        &[d],
+        Some("alpha\nbeta.txt\ngamma\nsub\n"),
+        Stderr::Empty,
+    );
 }
 
 /// Python: a threaded blocking echo and a selectors (epoll) event loop over 127.0.0.1.
@@ -551,7 +634,10 @@ fn tool_python_socket_echo() {
     };
     // The digest line is compared across modes by tool_unchanged; here, check its shape.
     let out = tool_unchanged(&py, &["-c", PY_ECHO], None, Stderr::Any);
-    assert!(out.starts_with("ok 1048580 "), "unexpected python output: {out:?}");
+    assert!(
+        out.starts_with("ok 1048580 "),
+        "unexpected python output: {out:?}"
+    );
 }
 
 /// Serves `dir` on 127.0.0.1 (ephemeral port) with python's http.server in `mode`.
@@ -566,7 +652,9 @@ server.serve_forever()
 fn start_http_server(py: &Path, mode: Mode, dir: &Path, log: &Path) -> (Background, u16) {
     let mut cmd = command_in(mode, py);
     cmd.args(["-c", PY_HTTP]).arg(dir);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(log).unwrap());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
     let mut child = cmd.spawn().expect("spawn python http.server");
     let stdout = child.stdout.take().unwrap();
     let server = Background { child };
@@ -599,13 +687,20 @@ fn tool_curl_against_python_http_server() {
     }
     let site = Scratch::new("site");
     // 1 MiB + a bit of non-repeating-looking content, and a small text file.
-    let blob: Vec<u8> = (0u32..(1 << 20) + 333).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let blob: Vec<u8> = (0u32..(1 << 20) + 333)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(site.path("blob.bin"), &blob).unwrap();
     std::fs::write(site.path("hello.txt"), "hello over loopback\n").unwrap();
     let mut failures = Vec::new();
     for mode in active_modes() {
         // Both the server and curl run in the mode under test.
-        let (server, port) = start_http_server(&py, mode, &site.0, &site.path(&format!("server-{}.log", mode.name)));
+        let (server, port) = start_http_server(
+            &py,
+            mode,
+            &site.0,
+            &site.path(&format!("server-{}.log", mode.name)),
+        );
         let got = site.path(&format!("got-{}.bin", mode.name));
         let blob_url = format!("http://127.0.0.1:{port}/blob.bin");
         let hello_url = format!("http://127.0.0.1:{port}/hello.txt");
@@ -639,5 +734,9 @@ fn tool_curl_against_python_http_server() {
             ));
         }
     }
-    assert!(failures.is_empty(), "curl vs python http.server:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "curl vs python http.server:\n{}",
+        failures.join("\n")
+    );
 }

@@ -24,8 +24,9 @@ pub fn shim_lib() -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build of the shim failed");
-        let target =
-            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
         let lib = target.join("debug").join("libringshim.so");
         assert!(lib.exists(), "{} missing", lib.display());
         lib
@@ -77,7 +78,12 @@ pub fn c_program_with(name: &str, variant: &str, extra_flags: &[&str]) -> PathBu
             .arg(&src)
             .status()
             .expect("run cc");
-        assert!(status.success(), "cc {} {:?} failed", src.display(), extra_flags);
+        assert!(
+            status.success(),
+            "cc {} {:?} failed",
+            src.display(),
+            extra_flags
+        );
         std::fs::rename(&tmp, &exe).unwrap();
     }
     exe
@@ -85,7 +91,9 @@ pub fn c_program_with(name: &str, variant: &str, extra_flags: &[&str]) -> PathBu
 
 /// True when running in CI, where skipping an io_uring or namespace test is a failure.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Skips (returns false) or, in CI, panics when a capability is missing.
@@ -124,6 +132,18 @@ pub fn shimmed(program: &Path, env: &[(&str, &str)]) -> Command {
 /// the shim on its kernel path, and the shim accelerating loopback.
 pub const MODES: &[(&str, &[(&str, &str)])] = &[
     ("shim-default", &[]),
-    ("shim-kernel-backend", &[("RINGSHIM_BACKEND", "kernel"), ("RINGSHIM_KERNEL_NETS", "none")]),
-    ("shim-uring-loopback", &[("RINGSHIM_BACKEND", "uring"), ("RINGSHIM_KERNEL_NETS", "none")]),
+    (
+        "shim-kernel-backend",
+        &[
+            ("RINGSHIM_BACKEND", "kernel"),
+            ("RINGSHIM_KERNEL_NETS", "none"),
+        ],
+    ),
+    (
+        "shim-uring-loopback",
+        &[
+            ("RINGSHIM_BACKEND", "uring"),
+            ("RINGSHIM_KERNEL_NETS", "none"),
+        ],
+    ),
 ];
