@@ -384,6 +384,21 @@ fn flush_before_kernel_write(fd: c_int) {
     }
 }
 
+/// After the kernel wrote to `fd` itself: a short or would-block result means its send
+/// buffer is full, which the shim's readiness must reflect.
+fn after_kernel_write(fd: c_int, asked: size_t, result: ssize_t) {
+    let blocked = if result < 0 {
+        errno::get() == libc::EAGAIN
+    } else {
+        (result as size_t) < asked
+    };
+    if blocked {
+        if let Some(rec) = crate::socket::accelerated(fd) {
+            errno::preserve(|| uring::kernel_write_blocked(rec));
+        }
+    }
+}
+
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn sendfile(
     out_fd: c_int,
@@ -393,6 +408,10 @@ pub unsafe extern "C" fn sendfile(
 ) -> ssize_t {
     if ensure_init() {
         flush_before_kernel_write(out_fd);
+        // SAFETY: forwarded unchanged.
+        let r = unsafe { real::sendfile(out_fd, in_fd, offset, count) };
+        after_kernel_write(out_fd, count, r);
+        return r;
     }
     // SAFETY: forwarded unchanged.
     unsafe { real::sendfile(out_fd, in_fd, offset, count) }
@@ -407,6 +426,10 @@ pub unsafe extern "C" fn sendfile64(
 ) -> ssize_t {
     if ensure_init() {
         flush_before_kernel_write(out_fd);
+        // SAFETY: forwarded unchanged.
+        let r = unsafe { real::sendfile64(out_fd, in_fd, offset, count) };
+        after_kernel_write(out_fd, count, r);
+        return r;
     }
     // SAFETY: forwarded unchanged.
     unsafe { real::sendfile64(out_fd, in_fd, offset, count) }
@@ -435,5 +458,9 @@ pub unsafe extern "C" fn splice(
         }
     }
     // SAFETY: forwarded unchanged.
-    unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) }
+    let r = unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) };
+    if ensure_init() {
+        after_kernel_write(fd_out, len, r);
+    }
+    r
 }

@@ -77,6 +77,11 @@ pub struct SockIo {
     pub dead: bool,
     /// The peer reset the connection (reported as HUP from now on, EPIPE on send).
     pub peer_reset: bool,
+    /// A write the kernel made directly (sendfile, splice, a direct send) found the
+    /// socket buffer full: not writable until the poll armed on ring `wpoll_ring - 1`
+    /// says so.
+    pub kernel_wfull: bool,
+    pub wpoll_ring: u32,
     pub drain_deadline_ms: u64,
     /// Rings cannot be used (fork child, demotion): deliver what is queued, then kernel.
     pub detached: bool,
@@ -123,6 +128,8 @@ impl SockIo {
             closing: false,
             dead: false,
             peer_reset: false,
+            kernel_wfull: false,
+            wpoll_ring: 0,
             drain_deadline_ms: 0,
             detached: false,
             watchers: [(0, 0); MAX_WATCHERS],
@@ -170,7 +177,10 @@ impl SockIo {
         if self.tx_error != 0 || (self.eof && write_closed) || self.peer_reset {
             ev |= libc::EPOLLHUP as u32;
         }
-        if self.tx_error != 0 || write_closed || self.tx.bytes() <= send_cap / 2 {
+        if self.tx_error != 0
+            || write_closed
+            || (self.tx.bytes() <= send_cap / 2 && !self.kernel_wfull)
+        {
             ev |= (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
         }
         ev
@@ -185,6 +195,7 @@ impl SockIo {
             && !self.shut_wr_pending
             && self.tx_error == 0
             && self.so_error == 0
+            && self.wpoll_ring == 0
     }
 
     pub fn add_watcher(&mut self, ep: u32, slot: u32) -> bool {
@@ -354,6 +365,44 @@ fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
     }
 }
 
+/// The kernel wrote on the socket itself (sendfile, splice, a direct send) and stopped
+/// short: the socket buffer is full. Readiness must say "not writable" until the
+/// kernel says otherwise, or an edge-triggered loop would wait for an EPOLLOUT that
+/// never comes.
+pub fn kernel_write_blocked(rec: &'static SocketRecord) {
+    // Only a thread that waits through the shim reaps the poll's completion.
+    let Some(mine) = ring::current().filter(|r| r.loop_thread()) else {
+        return;
+    };
+    let mut io = rec.lock_io();
+    if io.detached || io.dead || io.closing {
+        return;
+    }
+    io.kernel_wfull = true;
+    if io.wpoll_ring != 0 {
+        return;
+    }
+    let id = rec.id.load(Ordering::Relaxed);
+    mine.push(
+        opcode::PollAdd::new(types::Fd(io.fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(ring::user_data(Op::WriteReady, id, io.gen)),
+    );
+    io.wpoll_ring = u32::from(mine.id) + 1;
+}
+
+fn on_write_ready(id: u32, gen: u32) {
+    let Some(rec) = socket_for(id, gen) else {
+        return;
+    };
+    let mut io = rec.lock_io();
+    io.wpoll_ring = 0;
+    io.kernel_wfull = false;
+    let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
+    drop(io);
+    notify(rec, &watchers[..n], waiters);
+}
+
 /// Queues the next SENDMSG for the socket's queued bytes on its owner ring.
 fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
     if io.send_inflight != 0 || io.tx.is_empty() || io.detached {
@@ -410,11 +459,13 @@ fn process_inner(ring: &Ring, may_enter: bool) -> usize {
         if req == Request::CancelRecv {
             // Issued even if the record was reused meanwhile: the user_data carries the
             // old generation, and a forgotten receive would hold the socket open.
-            ring.push(
-                opcode::AsyncCancel::new(ring::user_data(Op::Recv, id, gen))
-                    .build()
-                    .user_data(ring::user_data(Op::Cancel, 0, 0)),
-            );
+            for op in [Op::Recv, Op::WriteReady] {
+                ring.push(
+                    opcode::AsyncCancel::new(ring::user_data(op, id, gen))
+                        .build()
+                        .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                );
+            }
             continue;
         }
         let Some(rec) = socket_for(id, gen) else {
@@ -466,6 +517,7 @@ fn complete(ring: &Ring, ud: u64, res: i32, flags: u32) {
         Some(Op::EpollReady) => ring.on_epoll_ready(id),
         Some(Op::Wake) => ring.on_wake(ring::more(flags)),
         Some(Op::PollFd) => wait::on_poll_fd(id, gen, res),
+        Some(Op::WriteReady) => on_write_ready(id, gen),
         Some(Op::Cancel) | None => {}
     }
 }
@@ -1025,7 +1077,13 @@ pub fn send(
         {
             // Nothing queued: the kernel call is exact. Event-loop threads batch instead.
             drop(io);
-            return kernel_send(fd, iov, flags);
+            let r = kernel_send(fd, iov, flags);
+            match r {
+                Ok(n) if n < total => kernel_write_blocked(rec),
+                Err(Errno(libc::EAGAIN)) => kernel_write_blocked(rec),
+                _ => {}
+            }
+            return r;
         }
         // Copy as much as the cap allows, across the caller's iovecs.
         let mut skip = accepted;
@@ -1256,6 +1314,21 @@ pub fn on_last_close(rec: &'static SocketRecord, app_close: bool) -> bool {
         } else if let Some(o) = io.owner_ring() {
             o.post_request(id, io.gen, Request::CancelRecv);
         }
+    }
+    if io.wpoll_ring != 0 {
+        let cancel = ring::user_data(Op::WriteReady, id, io.gen);
+        match (mine, ring::by_id((io.wpoll_ring - 1) as u16)) {
+            (Some(m), Some(w)) if core::ptr::eq(m, w) => {
+                m.push(
+                    opcode::AsyncCancel::new(cancel)
+                        .build()
+                        .user_data(ring::user_data(Op::Cancel, 0, 0)),
+                );
+            }
+            (_, Some(w)) => w.post_request(id, io.gen, Request::CancelRecv),
+            _ => {}
+        }
+        io.wpoll_ring = 0;
     }
     io.rx.clear(&mut release_buffer);
     io.nwatchers = 0;

@@ -32,6 +32,9 @@ pub enum Op {
     Wake = 5,
     /// A kernel fd watched for one poll()/select() call.
     PollFd = 6,
+    /// The socket's kernel send buffer has room again (after a write the kernel made
+    /// directly, such as sendfile, stopped short).
+    WriteReady = 7,
 }
 
 impl Op {
@@ -43,6 +46,7 @@ impl Op {
             4 => Op::EpollReady,
             5 => Op::Wake,
             6 => Op::PollFd,
+            7 => Op::WriteReady,
             _ => return None,
         })
     }
