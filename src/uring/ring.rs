@@ -604,6 +604,12 @@ impl Ring {
         n
     }
 
+    /// Deferred completions wait in the kernel for an enter with GETEVENTS (the
+    /// TASKRUN flag the kernel sets in the shared ring).
+    pub fn work_pending_in_kernel(&self) -> bool {
+        self.uring().submission().taskrun()
+    }
+
     /// Completions are waiting in user memory, or deferred work needs an enter.
     pub fn work_pending(&self) -> bool {
         let u = self.uring();

@@ -620,7 +620,13 @@ pub unsafe fn epoll_wait(
         // Only what is already in user memory: the one enter per turn below (the sleep,
         // or the submit before returning) hands queued sends to the kernel and runs
         // deferred completions together.
-        super::process_local(ring);
+        if ring.work_pending_in_kernel() {
+            // Completions are known to be waiting in the kernel (data already arrived):
+            // the kernel's epoll would report them now, so run them before answering.
+            process(ring);
+        } else {
+            super::process_local(ring);
+        }
         refresh_exposed();
         // SAFETY: room for `max` entries.
         let mut n = unsafe { harvest(ep, events, max) };
