@@ -214,8 +214,12 @@ scenario_redis() {
 
     if [[ "$mode" == shim ]]; then
         show_stats "$pid" "redis-server"
-        # Counter assertions go here once the shim publishes, one line each, e.g.:
-        #   assert_counter "$pid" accepts 50
+        # The data sockets really ran on io_uring: received through multishot
+        # completions, replies sent by ring submissions.
+        assert_counter "$pid" sockets_on_uring 1
+        assert_counter "$pid" recv_completions 1
+        assert_counter "$pid" send_submissions 1
+        ok "counters: redis-server's client sockets were on io_uring"
     fi
     alive "$pid" || die "redis-server died"
     stop_pid "$pid" 10
@@ -362,7 +366,17 @@ scenario_nginx() {
     if [[ "$mode" == shim ]]; then
         show_stats "$NGINX_PID" "nginx master"
         for w in "${NGINX_WORKERS[@]}"; do show_stats "$w" "nginx worker"; done
-        # e.g.: assert_counter "$(IFS=,; echo "${NGINX_WORKERS[*]}")" accepts 32
+        local workers
+        workers="$(IFS=,; echo "${NGINX_WORKERS[*]}")"
+        assert_counter "$workers" sockets_on_uring 1
+        assert_counter "$workers" recv_completions 1
+        if [[ "$where" == netns ]]; then
+            # proxy_pass goes to 127.0.0.1: that upstream socket must stay on the kernel.
+            assert_counter "$workers" routed_kernel_net 1
+            ok "counters: TEST-NET client sockets on io_uring, the loopback upstream on the kernel"
+        else
+            ok "counters: nginx's sockets were on io_uring"
+        fi
     fi
     stop_nginx "$d"
 }
@@ -413,7 +427,11 @@ EOF
     wrk_check "haproxy $where" "http://$ADDR:$port/1k.bin" "$d/wrk.log"
 
     alive "$pid" || die "haproxy died"
-    if [[ "$mode" == shim ]]; then show_stats "$pid" "haproxy"; fi
+    if [[ "$mode" == shim ]]; then
+        show_stats "$pid" "haproxy"
+        assert_counter "$pid" sockets_on_uring 1
+        ok "counters: haproxy's sockets were on io_uring"
+    fi
     stop_pid "$pid" 10
     stop_nginx "$d"
     no_crash_lines "$d/haproxy.log" '\[ALERT\]' "haproxy logged alerts"

@@ -179,8 +179,10 @@ show_stats() {
 
 # counter_value PIDS NAME: prints the sum of counter NAME over the comma-separated PIDS
 # (an nginx master and its workers each have their own page). Fails if unreadable.
+# A process publishes its page when it first tracks a socket, so a worker that never got
+# a connection has none: such pids count as 0, and only "no page at all" is an error.
 counter_value() {
-    local pids="$1" name="$2" pid total=0 v json
+    local pids="$1" name="$2" pid total=0 v json found=0
     local -a list
     IFS=',' read -r -a list <<<"$pids"
     for pid in "${list[@]}"; do
@@ -189,10 +191,12 @@ counter_value() {
             v="$(python3 "$RS_ROOT/scripts/lib/statpage.py" --from-json "$name" <<<"$json" 2>/dev/null)" || v=""
         fi
         if [[ -z "$v" ]]; then
-            v="$(python3 "$RS_ROOT/scripts/lib/statpage.py" --pid "$pid" --counter "$name")" || return 1
+            v="$(python3 "$RS_ROOT/scripts/lib/statpage.py" --pid "$pid" --counter "$name" 2>/dev/null)" || continue
         fi
+        found=1
         total=$((total + v))
     done
+    ((found)) || return 1
     echo "$total"
 }
 
