@@ -37,6 +37,9 @@ cli_runs() {
 
 main() {
     cd "$RS_ROOT"
+    if ((EUID == 0)) && [[ "${RINGSHIM_SKIP_DEPS:-0}" != 1 ]]; then
+        bash "$RS_ROOT/scripts/install-deps.sh" >/dev/null || die "scripts/install-deps.sh failed"
+    fi
     log "${RS_B}ringshim demo${RS_N}: redis-server, unmodified, with its TCP routed through ringshim"
     require_cmd cargo redis-server redis-cli redis-benchmark
 

@@ -103,6 +103,11 @@ main() {
         RINGSHIM_LIB="$(realpath "$RINGSHIM_LIB")"
         export RINGSHIM_LIB
     fi
+    # A fresh machine: what the stages need is installed first (idempotent, ~1 s when
+    # everything is present). Without root the stages report what is missing.
+    if ((EUID == 0)) && [[ "${RINGSHIM_SKIP_DEPS:-0}" != 1 ]]; then
+        bash "$RS_ROOT/scripts/install-deps.sh" >/dev/null || die "scripts/install-deps.sh failed"
+    fi
     log "ringshim tests: ${stages[*]}   ($(git -C "$RS_ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git'), CI=${CI:-unset})"
     for s in "${stages[@]}"; do
         run_stage "$s"
