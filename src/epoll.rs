@@ -242,22 +242,30 @@ pub fn record_ctl(ep: &EpollRecord, op: i32, fd: i32, events: u32, data: u64) {
     }
 }
 
-/// A socket's last descriptor was closed: the kernel drops it from every epoll set, and
-/// so does the shim (closing one of several dup aliases removes nothing, as in the kernel).
-pub fn forget_socket(socket: u32) {
+/// A socket's last descriptor (`fd`) was closed: the kernel drops it from every epoll
+/// set, and so does the shim (closing one of several dup aliases removes nothing, as in
+/// the kernel). Registrations are found by fd (O(1) per instance) and, for accelerated
+/// sockets, through their watcher list, without scanning every registration.
+pub fn forget_socket(fd: i32, socket: u32, watchers: &[(u32, u32)]) {
     for id in 0..EPOLLS.high_water() {
         let Some(ep) = EPOLLS.get(id) else { continue };
         if ep.alias_count.load(Ordering::Acquire) == 0 {
             continue;
         }
         let mut st = ep.lock();
-        let slots: Vec<usize> = st
-            .live()
-            .filter(|(_, i)| i.socket == Some(socket))
-            .map(|(s, _)| s)
-            .collect();
-        for slot in slots {
-            if st.remove(slot).accelerated {
+        if let Some(slot) = st.find(fd) {
+            if st.interests[slot].socket == Some(socket) && st.remove(slot).accelerated {
+                ep.accelerated.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        for &(ep_id, slot) in watchers {
+            let slot = slot as usize;
+            if ep_id == id
+                && slot < st.interests.len()
+                && st.interests[slot].fd >= 0
+                && st.interests[slot].socket == Some(socket)
+                && st.remove(slot).accelerated
+            {
                 ep.accelerated.fetch_sub(1, Ordering::AcqRel);
             }
         }

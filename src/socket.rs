@@ -235,7 +235,11 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
                 }
             }
             if left == 0 {
-                crate::epoll::forget_socket(id);
+                let (watchers, n) = {
+                    let io = rec.lock_io();
+                    (io.watchers, io.nwatchers)
+                };
+                crate::epoll::forget_socket(fd, id, &watchers[..n]);
                 let draining =
                     rec.engine() != Engine::Kernel && crate::uring::on_last_close(rec, app_close);
                 if !draining {
