@@ -483,6 +483,56 @@ cleanup() {
     exit "$rc"
 }
 
+# scenario_nginx_upgrade: nginx's binary upgrade under the shim. USR2 makes the master
+# exec its own binary with an environment rebuilt from scratch (only TZ and `env`
+# directives survive): the shim must re-inject LD_PRELOAD and RINGSHIM_* so the new
+# master and its workers still carry it, and the service must not stop. nginx honours
+# USR2 only when daemonized (its parent must change), so this one runs with daemon on,
+# on loopback with the shim routing loopback.
+scenario_nginx_upgrade() {
+    local d old new i w
+    place loopback shim
+    d="$WORK/nginx-upgrade"
+    SCEN_DIR="$d"
+    mkdir -p "$d"
+    chmod 755 "$d"
+    write_site "$d"
+    NGINX_PORT="$(free_port "$NS_FOR_PORTS")"
+    local p2
+    p2="$(free_port "$NS_FOR_PORTS")"
+    while [[ "$p2" == "$NGINX_PORT" ]]; do p2="$(free_port "$NS_FOR_PORTS")"; done
+    nginx_conf "$d" "$ADDR" "$NGINX_PORT" "$p2"
+    sed -i 's/^daemon off;/daemon on;/' "$d/nginx.conf"
+    # The absolute path: the upgrade execs argv[0].
+    env "${SHIM_ENV[@]}" "$(command -v nginx)" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" ||
+        die "nginx (daemon) did not start"
+    for ((i = 0; i < 50; i++)); do [[ -s "$d/nginx.pid" ]] && break; sleep 0.1; done
+    old="$(cat "$d/nginx.pid")"
+    wait_tcp "$ADDR" "$NGINX_PORT" "$old" 15 "$CLI_NS" || die "nginx did not listen"
+    shim_loaded "$old" || die "the old master does not carry the shim"
+    kill -USR2 "$old"
+    for ((i = 0; i < 50; i++)); do
+        [[ -s "$d/nginx.pid.oldbin" && -s "$d/nginx.pid" && "$(cat "$d/nginx.pid")" != "$old" ]] && break
+        sleep 0.1
+    done
+    new="$(cat "$d/nginx.pid")"
+    [[ "$new" != "$old" ]] || die "USR2 started no new master"
+    shim_loaded "$new" || die "the new master (pid $new) lost the preload across its cleaned exec"
+    ok "USR2: new master $new carries the shim (LD_PRELOAD re-injected into the rebuilt environment)"
+    kill -QUIT "$old"
+    for ((i = 0; i < 50; i++)); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+    timeout 30 curl -sS --fail --max-time 20 -o "$d/got" "http://$ADDR:$NGINX_PORT/proxy/1m.bin" || die "curl after the upgrade failed"
+    [[ "$(sha "$d/got")" == "$(sha "$d/www/1m.bin")" ]] || die "after the upgrade: content differs"
+    for w in $(pgrep -P "$new"); do
+        shim_loaded "$w" || die "worker $w of the new master lacks the shim"
+    done
+    ok "old master quit; the new binary's workers serve through the shim"
+    kill -QUIT "$new"
+    for ((i = 0; i < 50; i++)); do kill -0 "$new" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$new" 2>/dev/null && stop_pid "$new" 5
+    no_crash_lines "$d/error.log" '\[(alert|emerg|crit)\]' "nginx logged alerts"
+}
+
 # run_scenario NAME FUNC ARGS...: runs FUNC in a subshell with errexit, so the first
 # failing step ends that scenario only (its processes are stopped by its own trap) and
 # the remaining scenarios still run; the result goes to the summary.
@@ -582,6 +632,9 @@ main() {
             run_scenario "nginx   $where $mode" scenario_nginx "$where" "$mode"
             run_scenario "haproxy $where $mode" scenario_haproxy "$where" "$mode"
         done
+        if [[ "$where" == loopback ]]; then
+            run_scenario "nginx   USR2 upgrade" scenario_nginx_upgrade
+        fi
     done
     summary
 }
