@@ -2052,7 +2052,6 @@ fn nginx_under_the_profile_serves_through_io_uring() {
 /// first client gets no answer. `ringshim doctor` reports both hosts correctly as
 /// "falls back to kernel"; the library does not. Run with `--ignored` once fixed.
 #[test]
-#[ignore = "the library does not fail open when io_uring_setup is allowed but io_uring_enter or io_uring_register is not"]
 fn partial_io_uring_allow_list_fails_open() {
     if !common::require(have("redis-server"), "redis-server") {
         return;

@@ -77,6 +77,8 @@ pub struct SockIo {
     pub dead: bool,
     /// The peer reset the connection (reported as HUP from now on, EPIPE on send).
     pub peer_reset: bool,
+    /// The send error has been returned to the application once.
+    pub error_reported: bool,
     /// A write the kernel made directly (sendfile, splice, a direct send) found the
     /// socket buffer full: not writable until the poll armed on ring `wpoll_ring - 1`
     /// says so.
@@ -128,6 +130,7 @@ impl SockIo {
             closing: false,
             dead: false,
             peer_reset: false,
+            error_reported: false,
             kernel_wfull: false,
             wpoll_ring: 0,
             drain_deadline_ms: 0,
@@ -238,10 +241,19 @@ pub fn probe(cfg: &Config) -> bool {
     small.cq_entries = 16;
     let ok = match ring::build_uring(&small) {
         Ok(probe_ring) => {
+            // Setup alone proves little: a seccomp profile may allow io_uring_setup and
+            // refuse io_uring_enter or io_uring_register. Exercise both.
+            let verdict = ring::exercise(&probe_ring.0);
             // Kept, not dropped: tearing a ring down queues work that interrupts this
             // thread's next blocking call with a spurious EINTR.
             core::mem::forget(probe_ring);
-            true
+            match verdict {
+                Ok(()) => true,
+                Err((what, Errno(e))) => {
+                    crate::log_warn!("io_uring unavailable ({what} failed, errno {e}: a seccomp filter allows only part of io_uring?); sockets stay on the kernel path");
+                    false
+                }
+            }
         }
         Err(Errno(e)) => {
             let why = match e {
@@ -285,6 +297,12 @@ fn now_ms() -> u64 {
 /// in kernel epoll sets (before a non-blocking connect finished) move into the shim.
 pub fn activate(rec: &'static SocketRecord, fd: c_int) {
     if !available() {
+        return;
+    }
+    if ring::mine().is_none() {
+        // This thread cannot have a ring (its creation failed and was logged): the
+        // socket stays on the kernel path rather than depend on one.
+        stats::bump(Counter::Fallbacks);
         return;
     }
     {
@@ -336,7 +354,10 @@ fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
         return;
     }
     let c = cfg();
-    if io.rx.bytes() >= c.recv_cap as usize || io.rx.slots_free() < 8 {
+    // A socket may hold at most a 64th of the thread's buffers (and RECV_CAP bytes):
+    // one slow reader must not starve every other connection of the thread.
+    let max_bufs = (c.buf_count as usize / 64).clamp(4, queues::RX_SLOTS - 8);
+    if io.rx.bytes() >= c.recv_cap as usize || queues::RX_SLOTS - io.rx.slots_free() >= max_bufs {
         if !io.recv_paused {
             stats::bump(Counter::RecvPaused);
         }
@@ -391,6 +412,20 @@ pub fn kernel_write_blocked(rec: &'static SocketRecord) {
     io.wpoll_ring = u32::from(mine.id) + 1;
 }
 
+/// Arms the POLLOUT poll that clears `kernel_wfull` and resumes queued sends.
+fn arm_write_ready(ring: &Ring, rec: &SocketRecord, io: &mut SockIo) {
+    if io.wpoll_ring != 0 {
+        return;
+    }
+    let id = rec.id.load(Ordering::Relaxed);
+    ring.push(
+        opcode::PollAdd::new(types::Fd(io.fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(ring::user_data(Op::WriteReady, id, io.gen)),
+    );
+    io.wpoll_ring = u32::from(ring.id) + 1;
+}
+
 fn on_write_ready(id: u32, gen: u32) {
     let Some(rec) = socket_for(id, gen) else {
         return;
@@ -398,6 +433,8 @@ fn on_write_ready(id: u32, gen: u32) {
     let mut io = rec.lock_io();
     io.wpoll_ring = 0;
     io.kernel_wfull = false;
+    // Sends that came back with EAGAIN resume now.
+    submit_send(rec, &mut io);
     let (watchers, n, waiters) = (io.watchers, io.nwatchers, io.waiters > 0);
     drop(io);
     notify(rec, &watchers[..n], waiters);
@@ -495,8 +532,12 @@ fn process_inner(ring: &Ring, may_enter: bool) -> usize {
         }
     }
     ring.replenish();
-    if ring.has_starved() {
-        for (id, gen) in ring.take_starved() {
+    // Receives that ran out of buffers retry only as buffers come back, a few per
+    // returned buffer: retrying all of them at once just fails again (a storm of
+    // ENOBUFS completions). Until then their reads go straight to the kernel.
+    let returned = ring.take_returned() as usize;
+    if ring.has_starved() && returned > 0 {
+        for (id, gen) in ring.take_starved(returned) {
             if let Some(rec) = socket_for(id, gen) {
                 let mut io = rec.lock_io();
                 ensure_recv(rec, &mut io);
@@ -606,6 +647,11 @@ fn on_send(ring: &Ring, id: u32, gen: u32, res: i32) {
             // SAFETY: plain shutdown of the socket's own fd.
             unsafe { real::shutdown(io.fd, libc::SHUT_WR) };
         }
+    } else if res == -libc::EAGAIN || res == -libc::EINTR {
+        // The kernel gave the send back without waiting (seen on a non-blocking socket
+        // whose buffer was full): the bytes are still ours. Retry once the socket is
+        // writable, never drop them.
+        arm_write_ready(ring, rec, &mut io);
     } else if res < 0 && res != -libc::ECANCELED {
         io.tx_error = -res;
         io.so_error = -res;
@@ -916,6 +962,30 @@ pub fn recv(
             }
             return Err(Errno(e));
         }
+        if io.eof && done == 0 && io.send_inflight != 0 && !retried {
+            // A reset wakes the in-flight send and the receive together; the send takes
+            // the socket's error and the receive sees end-of-file. Run the send's
+            // completion before answering, so a reset is not reported as a clean EOF.
+            if let Some(m) = ring::current() {
+                if io.owner == u32::from(m.id) + 1 {
+                    drop(io);
+                    process(m);
+                    retried = true;
+                    continue;
+                }
+            }
+        }
+        if io.eof && done == 0 && io.tx_error != 0 && !io.error_reported {
+            // The ring's send met the reset and took the socket's error, so the receive
+            // saw a plain end-of-file. The kernel would have given that error to this
+            // read (the application's first call after the reset): report it once
+            // here; later writes get EPIPE.
+            let e = io.tx_error;
+            io.error_reported = true;
+            io.tx_error = libc::EPIPE;
+            io.so_error = 0;
+            return Err(Errno(e));
+        }
         if io.eof {
             if done == 0 && flags & libc::MSG_PEEK == 0 && io.holds_nothing() {
                 drop(io);
@@ -1043,6 +1113,11 @@ pub fn send(
         if io.tx_error != 0 {
             let e = io.tx_error;
             io.so_error = 0;
+            if e == libc::ECONNRESET {
+                // Reported once, as the kernel reports a reset; afterwards EPIPE.
+                io.tx_error = libc::EPIPE;
+            }
+            io.error_reported = true;
             if e == libc::EPIPE {
                 sigpipe(flags);
             }

@@ -187,6 +187,8 @@ struct Local {
     epoll_watch: Vec<(u32, bool, bool)>,
     /// SENDMSGs submitted and not yet completed.
     sends_in_flight: u32,
+    /// Buffers given back since the starved receives were last retried.
+    returned: u32,
 }
 
 pub struct Ring {
@@ -395,6 +397,7 @@ impl Ring {
                 draining: Vec::new(),
                 epoll_watch: Vec::new(),
                 sends_in_flight: 0,
+                returned: 0,
             }),
             defer_taskrun,
             sqpoll,
@@ -623,6 +626,7 @@ impl Ring {
     pub fn give_back(&self, bid: u16) {
         if self.is_mine() {
             self.bufs.add(bid);
+            self.local().returned += 1;
         } else if self.returns.push(bid).is_err() {
             // Cannot happen: the queue holds every buffer id. Losing one buffer is
             // harmless; losing bytes would not be.
@@ -634,8 +638,14 @@ impl Ring {
     pub fn replenish(&self) {
         while let Some(bid) = self.returns.pop() {
             self.bufs.add(bid);
+            self.local().returned += 1;
         }
         self.bufs.publish();
+    }
+
+    /// Buffers given back since the last call (receives that ran out may retry).
+    pub fn take_returned(&self) -> u32 {
+        core::mem::take(&mut self.local().returned)
     }
 
     /// Wakes the owner out of its wait (through the eventfd its ring polls).
@@ -699,8 +709,11 @@ impl Ring {
         self.local().starved.push((id, gen));
     }
 
-    pub fn take_starved(&self) -> Vec<(u32, u32)> {
-        core::mem::take(&mut self.local().starved)
+    /// Up to `n` of the sockets whose receive ran out of buffers, oldest first.
+    pub fn take_starved(&self, n: usize) -> Vec<(u32, u32)> {
+        let l = &mut self.local().starved;
+        let k = n.min(l.len());
+        l.drain(..k).collect()
     }
 
     pub fn has_starved(&self) -> bool {
@@ -797,6 +810,50 @@ fn register_thread_exit(ring: &'static Ring) {
     }
     // SAFETY: a key created above; the value is a leaked, never-freed ring.
     unsafe { libc::pthread_setspecific(key, ring as *const Ring as *const libc::c_void) };
+}
+
+/// Proves a freshly built ring usable: a NOP through io_uring_enter, and a buffer ring
+/// through io_uring_register (registered and removed again).
+pub fn exercise(u: &IoUring) -> Result<(), (&'static str, Errno)> {
+    let errno_of = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EINVAL));
+    // SAFETY: a NOP references no memory.
+    unsafe {
+        u.submission_shared()
+            .push(&opcode::Nop::new().build().user_data(0))
+    }
+    .map_err(|_| ("io_uring_enter", Errno(libc::EBUSY)))?;
+    u.submit_and_wait(1)
+        .map_err(|e| ("io_uring_enter", errno_of(e)))?;
+    // SAFETY: draining the one completion of the NOP on the thread that owns the ring.
+    unsafe { u.completion_shared().for_each(drop) };
+    let entries: usize = 16;
+    // SAFETY: anonymous mapping for a 16-entry buffer ring, unmapped below.
+    let mem = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if mem == libc::MAP_FAILED {
+        return Err(("mmap", crate::errno::last()));
+    }
+    const PROBE_BGID: u16 = 0x7ffe;
+    // SAFETY: page-aligned memory for `entries` entries that outlives the registration.
+    let r = unsafe {
+        u.submitter()
+            .register_buf_ring_with_flags(mem as u64, entries as u16, PROBE_BGID, 0)
+    }
+    .map_err(|e| ("io_uring_register", errno_of(e)));
+    if r.is_ok() {
+        let _ = u.submitter().unregister_buf_ring(PROBE_BGID);
+    }
+    // SAFETY: unmapping our own mapping (no longer registered).
+    unsafe { libc::munmap(mem, 4096) };
+    r
 }
 
 /// After fork, in the child: the parent's rings are not ours. They stay mapped
