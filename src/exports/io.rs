@@ -399,6 +399,22 @@ fn after_kernel_write(fd: c_int, asked: size_t, result: ssize_t) {
     }
 }
 
+/// sendfile/sendfile64 on an accelerated socket: queued behind bytes the shim holds
+/// when there are any, else the kernel's own sendfile.
+fn sendfile_common(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off64_t,
+    count: size_t,
+) -> Option<ssize_t> {
+    let rec = data_socket(out_fd)?;
+    if let Some(r) = uring::sendfile_queued(rec, in_fd, offset, count) {
+        return Some(errno::ret_isize(r));
+    }
+    flush_before_kernel_write(out_fd);
+    None
+}
+
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn sendfile(
     out_fd: c_int,
@@ -407,7 +423,10 @@ pub unsafe extern "C" fn sendfile(
     count: size_t,
 ) -> ssize_t {
     if ensure_init() {
-        flush_before_kernel_write(out_fd);
+        // off_t is 64-bit on the platforms the shim builds for.
+        if let Some(r) = sendfile_common(out_fd, in_fd, offset.cast(), count) {
+            return r;
+        }
         // SAFETY: forwarded unchanged.
         let r = unsafe { real::sendfile(out_fd, in_fd, offset, count) };
         after_kernel_write(out_fd, count, r);
@@ -425,7 +444,9 @@ pub unsafe extern "C" fn sendfile64(
     count: size_t,
 ) -> ssize_t {
     if ensure_init() {
-        flush_before_kernel_write(out_fd);
+        if let Some(r) = sendfile_common(out_fd, in_fd, offset, count) {
+            return r;
+        }
         // SAFETY: forwarded unchanged.
         let r = unsafe { real::sendfile64(out_fd, in_fd, offset, count) };
         after_kernel_write(out_fd, count, r);

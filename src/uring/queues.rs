@@ -299,6 +299,73 @@ impl TxQueue {
         total - data.len()
     }
 
+    /// Appends up to `max` bytes (under `cap` queued) produced by `fill`, which reads
+    /// into the free space it is given and returns how many bytes it wrote; a short
+    /// fill ends the append (end of input). Returns bytes appended, or the first error
+    /// when nothing was appended.
+    pub fn push_with<E>(
+        &mut self,
+        max: usize,
+        cap: usize,
+        mut fill: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let mut left = max.min(cap.min(TX_MAX).saturating_sub(self.bytes));
+        let mut total = 0;
+        while left > 0 {
+            if self.count == 0 || self.tail_fill == CHUNK {
+                if self.count == TX_SLOTS {
+                    break;
+                }
+                self.chunks[(self.head + self.count) % TX_SLOTS] = alloc_chunk();
+                self.count += 1;
+                self.tail_fill = 0;
+            }
+            let tail = self.chunks[(self.head + self.count - 1) % TX_SLOTS];
+            let room = left.min(CHUNK - self.tail_fill);
+            // SAFETY: the chunk has CHUNK bytes; tail_fill + room <= CHUNK, and the slice
+            // is ours alone while the queue is borrowed mutably.
+            let dst = unsafe { core::slice::from_raw_parts_mut(tail.add(self.tail_fill), room) };
+            let n = match fill(dst) {
+                Ok(n) => n.min(room),
+                Err(e) if total == 0 => {
+                    self.drop_empty_tail();
+                    return Err(e);
+                }
+                Err(_) => break,
+            };
+            self.tail_fill += n;
+            self.bytes += n;
+            total += n;
+            left -= n;
+            if n < room {
+                break;
+            }
+        }
+        self.drop_empty_tail();
+        Ok(total)
+    }
+
+    /// A chunk allocated for data that never came is returned to the pool.
+    fn drop_empty_tail(&mut self) {
+        if self.count > 0 && self.tail_fill == 0 && (self.count > 1 || self.bytes == 0) {
+            let idx = (self.head + self.count - 1) % TX_SLOTS;
+            free_chunk(self.chunks[idx]);
+            self.chunks[idx] = core::ptr::null_mut();
+            self.count -= 1;
+            self.tail_fill = if self.count == 0 {
+                0
+            } else if self.count == 1 {
+                // The head chunk is the tail again: its fill is where its data ends.
+                self.head_off + self.bytes
+            } else {
+                CHUNK
+            };
+            if self.count == 0 {
+                self.head_off = 0;
+            }
+        }
+    }
+
     /// Fills `iov` with the queued bytes from the front; returns how many entries.
     pub fn front_iovecs(&self, iov: &mut [libc::iovec]) -> usize {
         let mut n = 0;
@@ -455,6 +522,45 @@ mod tests {
         let mut out = [0u8; 4];
         assert_eq!(q.read_into(&mut [&mut out[..]], false, &mut rel), 2);
         assert_eq!(&out[..2], b"ef");
+    }
+
+    #[test]
+    fn tx_push_with_reads_into_chunks_and_stops_at_a_short_fill() {
+        let mut q = TxQueue::new();
+        q.push(b"head", 1 << 20);
+        let mut produced = 0usize;
+        let n = q
+            .push_with(
+                CHUNK + 100,
+                1 << 20,
+                |buf: &mut [u8]| -> Result<usize, ()> {
+                    let k = buf.len().min(CHUNK + 50 - produced);
+                    for (i, b) in buf[..k].iter_mut().enumerate() {
+                        *b = (produced + i) as u8;
+                    }
+                    produced += k;
+                    Ok(k)
+                },
+            )
+            .unwrap();
+        assert_eq!(n, CHUNK + 50);
+        assert_eq!(q.bytes(), CHUNK + 54);
+        let mut iov = [libc::iovec {
+            iov_base: core::ptr::null_mut(),
+            iov_len: 0,
+        }; 8];
+        let k = q.front_iovecs(&mut iov);
+        let mut all = Vec::new();
+        for v in &iov[..k] {
+            // SAFETY: iovecs point into the queue's chunks, valid until mutation.
+            all.extend_from_slice(unsafe {
+                core::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        assert_eq!(&all[..4], b"head");
+        assert!(all[4..].iter().enumerate().all(|(i, &b)| b == i as u8));
+        assert_eq!(q.push_with(10, 1 << 20, |_| Err::<usize, i32>(5)), Err(5));
+        assert_eq!(q.bytes(), CHUNK + 54);
     }
 
     #[test]
