@@ -408,7 +408,8 @@ fn sendfile_common(
     count: size_t,
 ) -> Option<ssize_t> {
     let rec = data_socket(out_fd)?;
-    if let Some(r) = uring::sendfile_queued(rec, in_fd, offset, count) {
+    // SAFETY: `offset` comes from the caller of sendfile, with its contract.
+    if let Some(r) = unsafe { uring::sendfile_queued(rec, in_fd, offset, count) } {
         return Some(errno::ret_isize(r));
     }
     flush_before_kernel_write(out_fd);

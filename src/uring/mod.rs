@@ -1207,7 +1207,10 @@ pub fn send(
 /// and then sendfile()s the body), the file's bytes are read into the queue behind
 /// them — order kept, and the call costs one pread instead of a wait and a sendfile.
 /// None: nothing is queued, the real sendfile is exact.
-pub fn sendfile_queued(
+///
+/// # Safety
+/// `offset` must be null or point to a valid, writable offset (as for sendfile(2)).
+pub unsafe fn sendfile_queued(
     rec: &'static SocketRecord,
     in_fd: c_int,
     offset: *mut libc::off64_t,
