@@ -105,10 +105,18 @@ def main():
     a = ap.parse_args()
 
     machine = OrderedDict()
+    multi = defaultdict(list)
     with open(a.machine) as f:
         for line in f:
             k, _, v = line.rstrip("\n").partition("\t")
             machine[k] = v
+            multi[k].append(v)
+    # run.sh --more appends: add up the durations, list the continuations
+    for k in ("duration_s", "quiet_waited_s"):
+        if multi[k]:
+            machine[k] = str(sum(int(x or 0) for x in multi[k]))
+    if multi["load_end"]:
+        machine["load_end"] = " / ".join(multi["load_end"])
     rows = load(a.raw)
 
     workloads = list(OrderedDict.fromkeys(r["workload"] for r in rows))
@@ -147,11 +155,14 @@ def main():
     p("| | |")
     p("|---|---|")
     for k, label in [("date", "date"), ("kernel", "kernel"), ("cpu", "CPU model"), ("ncpu", "CPUs"),
-                     ("mem", "memory"), ("virt", "virtualisation"), ("git", "ringshim commit"),
+                     ("mem", "memory"), ("virt", "virtualisation"), ("git", "ringshim commit (+dirty: uncommitted changes in src/ or crates/)"),
+                     ("lib_sha256", "libringshim.so sha256"),
                      ("nginx", "nginx"), ("redis", "redis"), ("wrk", "wrk"), ("liburing", "liburing-dev"),
                      ("perf", "perf")]:
         p(f"| {label} | {machine.get(k, '')} |")
     p(f"| load average at start / end | {machine.get('load_start', '')} / {machine.get('load_end', '')} |")
+    for c in multi["continued"]:
+        p(f"| continued | {c}: re-ran only the rounds still missing, same library (sha256 {machine.get('lib_sha256', '')[:12]}) |")
     p(f"| run length | {machine.get('duration_s', '?')} s; waited {machine.get('quiet_waited_s', '0')} s for other load to pass |")
     p(f"| rounds | {machine.get('rounds')} clean rounds wanted per workload, up to {machine.get('retries')} extra to replace dropped ones |")
     p(f"| contamination rule | a run with steal > {machine.get('steal_max')}% or other processes using > {machine.get('foreign_max')} CPUs on average drops its whole round |")

@@ -4,6 +4,8 @@
 #   bash benchmarks/run.sh            # full run (~15 min), as root
 #   bash benchmarks/run.sh --quick    # CI smoke (~3 min): fewer workloads, short runs, 2 rounds
 #   bash benchmarks/run.sh --only echo,redis,nginx,openloop [--rounds N] [--keep]
+#   bash benchmarks/run.sh --more     # keep benchmarks/out/raw.tsv and run only the rounds still
+#                                     # missing (pairs dropped for contamination); same library only
 #
 # Writes benchmarks/RESULTS.md, benchmarks/results.png, and the raw per-run data in
 # benchmarks/out/ (raw.tsv, logs; not committed). See benchmarks/README.md.
@@ -31,14 +33,16 @@ QUICK=0
 ONLY="echo,redis,nginx,openloop"
 ROUNDS=""
 KEEP=0
+MORE=0
 while (($#)); do
     case "$1" in
     --quick) QUICK=1 ;;
     --only) ONLY="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --keep) KEEP=1 ;;
+    --more) MORE=1 ;;
     -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown option '$1' (--quick, --only LIST, --rounds N, --keep)" >&2; exit 2 ;;
+    *) echo "run.sh: unknown option '$1' (--quick, --only LIST, --rounds N, --keep, --more)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -547,9 +551,18 @@ run_one() {
 run_workload() {
     local wl="$1" modes="$2" kind="$3"
     shift 3
-    local attempts=0 rc i m todo a_ok a_why short
+    local attempts=0 rc i m todo a_ok a_why short RETRIES="$RETRIES"
     local -A have=() st=()
     for ((i = 0; i < ${#modes}; i++)); do have[${modes:i:1}]=0; done
+    if ((MORE)); then
+        # clean pairs and rounds already in raw.tsv (redis rows are "NAME SET"/"NAME GET")
+        for ((i = 0; i < ${#modes}; i++)); do
+            m="${modes:i:1}"
+            have[$m]="$(awk -F'\t' -v w="$wl" -v m="$m" '($1 == w || index($1, w " ") == 1) && $4 == m && $5 == "ok" { r[$2] = 1 } END { print length(r) }' "$RAW")"
+        done
+        attempts="$(awk -F'\t' -v w="$wl" '($1 == w || index($1, w " ") == 1) && $2 + 0 > n { n = $2 + 0 } END { print n + 0 }' "$RAW")"
+        RETRIES=$((RETRIES + attempts))
+    fi
     log "== $wl (modes $modes)"
     while ((attempts < ROUNDS + RETRIES)); do
         todo=A
@@ -681,6 +694,7 @@ record_machine() {
         echo "ncpu	$NCPU"
         echo "mem	$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
         echo "virt	$(systemd-detect-virt 2>/dev/null || echo unknown)"
+        echo "lib_sha256	$(sha256sum "$LIB" | cut -d' ' -f1)"
         echo "git	$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src crates 2>/dev/null || echo '+dirty')"
         echo "mode	$([[ $QUICK == 1 ]] && echo quick || echo full)"
         echo "rounds	$ROUNDS"
@@ -707,7 +721,15 @@ main() {
     local t_start=$SECONDS
     ensure_deps
     build
-    rm -rf "$OUT"
+    if ((MORE)); then
+        [[ -s "$RAW" && -s "$OUT/machine.tsv" ]] || die "--more: no earlier run in $OUT"
+        local had
+        had="$(awk -F'\t' '$1 == "lib_sha256" { print $2 }' "$OUT/machine.tsv")"
+        [[ "$had" == "$(sha256sum "$LIB" | cut -d' ' -f1)" ]] ||
+            die "--more: $LIB is not the library the earlier run measured (rebuilt since?): start a new run"
+    else
+        rm -rf "$OUT"
+    fi
     mkdir -p "$OUT/logs"
     WORK="$(mktemp -d /tmp/rsb.XXXXXX)"
     chmod 755 "$WORK"
@@ -720,8 +742,15 @@ main() {
     # Everything RINGSHIM_* from the caller's environment is dropped: the modes set their own.
     local v
     for v in $(compgen -e | grep '^RINGSHIM' || true); do unset "$v"; done
-    record_machine
-    printf '%s\n' "$HEADER" >"$RAW"
+    if ((MORE)); then
+        {
+            echo "continued	$(date -u '+%Y-%m-%d %H:%M:%S UTC') (run.sh --more)"
+            echo "load_start_more	$(cut -d' ' -f1-3 /proc/loadavg)"
+        } >>"$OUT/machine.tsv"
+    else
+        record_machine
+        printf '%s\n' "$HEADER" >"$RAW"
+    fi
     setup_netns
 
     local c
