@@ -337,7 +337,7 @@ def make_plot(a, workloads, ol, modes_of, ratios, values, machine):
             import matplotlib.pyplot as plt
         except Exception as e:  # noqa: BLE001
             return f"No plot: matplotlib failed to load ({e})."
-        fig, axes = plt.subplots(5, 1, figsize=(13, 22))
+        fig, axes = plt.subplots(5, 1, figsize=(15, 22))
         colors = {"B": "tab:blue", "C": "tab:gray", "D": "tab:orange", "N": "tab:green"}
         for ax, (col, title) in zip(axes, panels):
             xs = list(range(len(closed)))
@@ -356,10 +356,11 @@ def make_plot(a, workloads, ol, modes_of, ratios, values, machine):
                 if meds:
                     ax.bar(pos, meds, width, yerr=[lo, hi], capsize=2, color=colors[m], label=MODE_NAMES[m])
             ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_yscale("log")  # outliers (a stalled mode) would flatten everything else
             ax.set_xticks(xs)
             ax.set_xticklabels(closed, rotation=25, ha="right", fontsize=8)
-            ax.set_title(title + " — median, whiskers min..max over rounds")
-            ax.legend(fontsize=7, loc="upper left")
+            ax.set_title(title + " — log scale; median, whiskers min..max over rounds")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
         ax = axes[4]
         if ol:
             for m, c in (("A", "black"), ("B", "tab:blue"), ("N", "tab:green")):
@@ -376,8 +377,9 @@ def make_plot(a, workloads, ol, modes_of, ratios, values, machine):
                     ax.plot([x[0] for x in pts], [x[2] for x in pts], "s--", color=c, label=f"{MODE_NAMES[m]} p99.9")
             ax.set_xlabel("offered load (% of closed-loop capacity)")
             ax.set_ylabel("latency (µs)")
+            ax.set_yscale("log")
             ax.set_title("echo open loop: tail latency vs offered load (medians over rounds)")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
         else:
             ax.set_visible(False)
         fig.suptitle(f"ringshim paired A/B, {machine.get('date')}, {machine.get('kernel')}, {machine.get('mode')} mode")

@@ -695,7 +695,7 @@ record_machine() {
         echo "mem	$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
         echo "virt	$(systemd-detect-virt 2>/dev/null || echo unknown)"
         echo "lib_sha256	$(sha256sum "$LIB" | cut -d' ' -f1)"
-        echo "git	$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src crates 2>/dev/null || echo '+dirty')"
+        echo "git	$(cd "$ROOT" && git log -1 --format=%h -- src crates Cargo.toml Cargo.lock build.rs 2>/dev/null) (last commit touching the shim; HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null))$(cd "$ROOT" && git diff --quiet HEAD -- src crates 2>/dev/null || echo '+dirty')"
         echo "mode	$([[ $QUICK == 1 ]] && echo quick || echo full)"
         echo "rounds	$ROUNDS"
         echo "retries	$RETRIES"
