@@ -164,14 +164,15 @@ def main():
     for c in multi["continued"]:
         p(f"| continued | {c}: re-ran only the rounds still missing, same library (sha256 {machine.get('lib_sha256', '')[:12]}) |")
     p(f"| run length | {machine.get('duration_s', '?')} s; waited {machine.get('quiet_waited_s', '0')} s for other load to pass |")
-    p(f"| rounds | {machine.get('rounds')} clean rounds wanted per workload, up to {machine.get('retries')} extra to replace dropped ones |")
-    p(f"| contamination rule | a run with steal > {machine.get('steal_max')}% or other processes using > {machine.get('foreign_max')} CPUs on average drops its whole round |")
+    p(f"| rounds | {machine.get('rounds')} clean A/X pairs wanted per mode and workload, up to {machine.get('retries')} extra rounds to replace dropped runs |")
+    p(f"| contamination rule | a run with steal > {machine.get('steal_max')}% or other processes using > {machine.get('foreign_max')} CPUs on average is dropped (a dropped A ends its round) |")
     p(f"| run lengths | echo {machine.get('echo_secs')} s (+{machine.get('echo_warm')} s warm-up), redis -n {machine.get('redis_n')} per test, wrk {machine.get('wrk_secs')} s, open loop {machine.get('open_secs')} s at {machine.get('open_conns')} connections |")
     p("")
     p("Machine notes: a shared 2-vCPU VM. Server pinned to CPU 0, load generator to CPU 1, in two network "
-      "namespaces over a veth pair (198.51.100.1 ↔ 198.51.100.2). The load generator is usually the "
-      "bottleneck (it has one CPU and does about as much work per request as the server), so throughput "
-      "and latency move little; the shim's effect shows first in server syscalls and CPU per request. "
+      "namespaces over a veth pair (198.51.100.1 ↔ 198.51.100.2). The load generator has one CPU and does "
+      "about as much work per request as the server, so throughput and latency move little; the shim's "
+      "effect shows first in server syscalls and CPU per request. The \"server CPU busy %\" row shows "
+      "whether the server was saturated as well. "
       "Other engineers' jobs ran on this machine during the run: per-run steal and foreign CPU are in the "
       "tables and in the raw data.")
     p("")
@@ -294,8 +295,8 @@ def main():
     if not bad:
         p("None: every round was clean.")
     else:
-        p("A round is dropped as a whole when any of its runs is contaminated or failed; it was re-run while "
-          "retries were left. Dropped runs are not in any table above.")
+        p("A dropped run is not in any table above. When the dropped run is a round's baseline A, the round "
+          "stopped there; later rounds re-ran A and the modes still short of clean pairs.")
         p("")
         p("| workload | attempt | mode | reason | rps | steal % | foreign CPUs | load before → after |")
         p("|---|---|---|---|---|---|---|---|")
