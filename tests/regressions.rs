@@ -6,33 +6,31 @@ mod common;
 
 use std::process::Command;
 
-fn run_both(program: &str) {
+fn run_both(program: &str, extra_env: &[(&str, &str)]) {
+    // Bounded: a regression that stalls must fail the test, not hang CI.
+    let limit = std::time::Duration::from_secs(60);
     let exe = common::c_program(program);
-    let plain = Command::new(&exe).output().expect("spawn");
+    let plain = common::run_limited(Command::new(&exe), limit);
     assert!(
-        plain.status.success(),
+        plain.ok(),
         "{program} fails without the shim: {}",
-        String::from_utf8_lossy(&plain.stderr)
+        plain.describe()
     );
     if !common::require(common::io_uring_available(), "io_uring") {
         return;
     }
-    let shimmed = common::shimmed(
-        &exe,
-        &[
-            ("RINGSHIM_BACKEND", "uring"),
-            ("RINGSHIM_KERNEL_NETS", "none"),
-        ],
-    )
-    .output()
-    .expect("spawn");
+    let mut env = vec![
+        ("RINGSHIM_BACKEND", "uring"),
+        ("RINGSHIM_KERNEL_NETS", "none"),
+    ];
+    env.extend_from_slice(extra_env);
+    let shimmed = common::run_limited(common::shimmed(&exe, &env), limit);
     assert!(
-        shimmed.status.success(),
-        "{program} fails under the shim (reproduce: LD_PRELOAD={} RINGSHIM_KERNEL_NETS=none {}):\n{}{}",
+        shimmed.ok(),
+        "{program} fails under the shim (reproduce: LD_PRELOAD={} RINGSHIM_KERNEL_NETS=none {}):\n{}",
         common::shim_lib().display(),
         exe.display(),
-        String::from_utf8_lossy(&shimmed.stdout),
-        String::from_utf8_lossy(&shimmed.stderr)
+        shimmed.describe()
     );
 }
 
@@ -41,5 +39,20 @@ fn run_both(program: &str) {
 /// empty send queue instead of the full kernel buffer).
 #[test]
 fn sendfile_et_backpressure_completes() {
-    run_both("rg_sendfile_et");
+    run_both("rg_sendfile_et", &[]);
+}
+
+/// nginx with `sendfile on; tcp_nopush on;` took 44 ms per keepalive response: the
+/// header and the body queued under TCP_CORK went out as two sends after the uncork,
+/// and Nagle held the body for the client's delayed ACK.
+#[test]
+fn corked_response_leaves_in_one_segment() {
+    run_both("rg_cork_split", &[]);
+}
+
+/// With RINGSHIM_SQPOLL=1 the ring built at load to probe io_uring had an SQ thread of
+/// its own that no later ring attached to: two kernel threads polling instead of one.
+#[test]
+fn sqpoll_rings_share_one_kernel_thread() {
+    run_both("rg_sqpoll_threads", &[("RINGSHIM_SQPOLL", "1")]);
 }

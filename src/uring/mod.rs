@@ -62,6 +62,11 @@ pub struct SockIo {
     pub tx: TxQueue,
     /// Bytes covered by the SENDMSG in flight (0: none).
     pub send_inflight: usize,
+    /// The ring batch the SENDMSG in flight was pushed in (see [`Ring::batch`]): while
+    /// that batch is open the kernel has not read its msghdr, and bytes queued behind
+    /// it join it instead of waiting for its completion (one send for a response's
+    /// header and body, which is what TCP_CORK and the kernel's own coalescing give).
+    send_batch: Option<u64>,
     send_iov: [libc::iovec; SEND_IOVS],
     send_msg: libc::msghdr,
     /// Send error: every later write fails with it.
@@ -117,6 +122,7 @@ impl SockIo {
             rx_error: 0,
             tx: TxQueue::new(),
             send_inflight: 0,
+            send_batch: None,
             send_iov: [libc::iovec {
                 iov_base: core::ptr::null_mut(),
                 iov_len: 0,
@@ -244,6 +250,9 @@ pub fn probe(cfg: &Config) -> bool {
             // Setup alone proves little: a seccomp profile may allow io_uring_setup and
             // refuse io_uring_enter or io_uring_register. Exercise both.
             let verdict = ring::exercise(&probe_ring.0);
+            if verdict.is_ok() && probe_ring.0.params().is_setup_sqpoll() {
+                ring::anchor_sqpoll(std::os::fd::AsRawFd::as_raw_fd(&probe_ring.0));
+            }
             // Kept, not dropped: tearing a ring down queues work that interrupts this
             // thread's next blocking call with a spurious EINTR.
             core::mem::forget(probe_ring);
@@ -442,10 +451,14 @@ fn on_write_ready(id: u32, gen: u32) {
 
 /// Queues the next SENDMSG for the socket's queued bytes on its owner ring.
 fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
-    if io.send_inflight != 0 || io.tx.is_empty() || io.detached {
+    if io.tx.is_empty() || io.detached {
         return;
     }
     let mine = ring::mine();
+    if io.send_inflight != 0 {
+        grow_unsubmitted_send(io, mine);
+        return;
+    }
     if let Some(m) = mine {
         let moving = io.owner != u32::from(m.id) + 1 && io.idle_on_rings() && m.loop_thread();
         if io.owner == 0 || moving {
@@ -459,8 +472,14 @@ fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
             io.send_inflight = io.send_iov[..n].iter().map(|v| v.iov_len).sum();
             io.send_msg.msg_iov = io.send_iov.as_mut_ptr();
             io.send_msg.msg_iovlen = n as _;
+            io.send_batch = m.batch();
+            // No MSG_WAITALL: io_uring retries a short send internally, and when the
+            // retry meets a reset it consumes the socket's error yet reports only the
+            // bytes sent before it; the receive then sees a clean end-of-file and the
+            // reset is lost. A short completion is resubmitted by `on_send` instead,
+            // and that send gets the error.
             let sqe = opcode::SendMsg::new(types::Fd(io.fd), &io.send_msg)
-                .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+                .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(ring::user_data(Op::Send, id, io.gen));
             m.push(sqe);
@@ -469,6 +488,23 @@ fn submit_send(rec: &SocketRecord, io: &mut SockIo) {
         }
         (_, Some(o)) => o.post_request(id, io.gen, Request::Send),
         _ => {}
+    }
+}
+
+/// Widens the SENDMSG in flight to every queued byte its iovecs can hold, if the
+/// kernel has not read it yet (same ring, same open batch).
+fn grow_unsubmitted_send(io: &mut SockIo, mine: Option<&'static Ring>) {
+    let Some(m) = mine else { return };
+    let same_ring = io.owner_ring().is_some_and(|o| core::ptr::eq(m, o));
+    if !same_ring || io.send_batch.is_none() || io.send_batch != m.batch() {
+        return;
+    }
+    let n = io.tx.front_iovecs(&mut io.send_iov);
+    let bytes: usize = io.send_iov[..n].iter().map(|v| v.iov_len).sum();
+    if bytes > io.send_inflight {
+        io.send_inflight = bytes;
+        io.send_msg.msg_iovlen = n as _;
+        stats::bump(Counter::SendsCoalesced);
     }
 }
 

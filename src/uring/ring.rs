@@ -177,6 +177,9 @@ impl BufRing {
 struct Local {
     /// SQEs pushed but not yet handed to the kernel.
     unsubmitted: u32,
+    /// Counts hand-overs of the submission queue to the kernel: an SQE pushed while
+    /// this was N is still unread by the kernel as long as it is N (without SQPOLL).
+    batch: u64,
     /// The thread waits through the shim (epoll/poll): sends can ride on its next wait.
     loop_thread: bool,
     /// Sockets (id, gen) whose receive stopped for lack of buffers.
@@ -294,6 +297,13 @@ pub fn build_uring(cfg: &Config) -> Result<(IoUring, bool), Errno> {
     }
 }
 
+/// Makes `fd` (an SQPOLL ring that stays open) the one whose SQ thread every later
+/// ring attaches to, unless one was chosen already. The load-time probe ring is the
+/// first SQPOLL ring; without this its own SQ thread would be a second one.
+pub fn anchor_sqpoll(fd: i32) {
+    let _ = SQPOLL_ATTACH.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire);
+}
+
 fn build_uring_low(cfg: &Config) -> Result<(IoUring, bool), Errno> {
     if cfg.sqpoll {
         let mut b = IoUring::builder();
@@ -355,12 +365,7 @@ impl Ring {
             crate::init::in_shim(|| build_uring(cfg)).map_err(|e| ("io_uring_setup", e))?;
         let sqpoll = uring.params().is_setup_sqpoll();
         if sqpoll {
-            let _ = SQPOLL_ATTACH.compare_exchange(
-                -1,
-                std::os::fd::AsRawFd::as_raw_fd(&uring),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            anchor_sqpoll(std::os::fd::AsRawFd::as_raw_fd(&uring));
         }
         let bufs = BufRing::new(cfg.buf_count, cfg.buf_size).map_err(|e| ("buffer memory", e))?;
         // SAFETY: the entries mapping is page aligned, holds buf_count entries, and
@@ -392,6 +397,7 @@ impl Ring {
             wake_fd,
             local: UnsafeCell::new(Local {
                 unsubmitted: 0,
+                batch: 0,
                 loop_thread: false,
                 starved: Vec::new(),
                 draining: Vec::new(),
@@ -461,6 +467,13 @@ impl Ring {
         self.local().unsubmitted += 1;
     }
 
+    /// The current submission batch, or None when the kernel may read SQEs at any
+    /// time (SQPOLL). An SQE pushed in batch N is unread while `batch() == Some(N)`,
+    /// so the memory it points at (a SENDMSG's msghdr) may still change.
+    pub fn batch(&self) -> Option<u64> {
+        (!self.sqpoll).then(|| self.local().batch)
+    }
+
     pub fn has_unsubmitted(&self) -> bool {
         self.local().unsubmitted > 0
     }
@@ -475,6 +488,7 @@ impl Ring {
             return Ok(());
         }
         self.local().unsubmitted = 0;
+        self.local().batch += 1;
         stats::bump(Counter::RingEnters);
         match u.submit() {
             Ok(_) => Ok(()),
@@ -509,6 +523,7 @@ impl Ring {
         let u = self.uring();
         let to_submit = u.submission().len() as u32;
         self.local().unsubmitted = 0;
+        self.local().batch += 1;
         stats::bump(Counter::RingEnters);
         let started = if timeout.is_some() { now_ns() } else { 0 };
         let ts = timeout;

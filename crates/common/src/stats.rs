@@ -56,6 +56,8 @@ pub enum Counter {
     ClosesDraining,
     BalanceDecisions,
     BalanceHandoffs,
+    /// Writes that joined a SENDMSG not yet submitted instead of waiting for it.
+    SendsCoalesced,
 }
 
 pub const COUNTER_NAMES: &[&str] = &[
@@ -85,6 +87,7 @@ pub const COUNTER_NAMES: &[&str] = &[
     "closes_draining",
     "balance_decisions",
     "balance_handoffs",
+    "sends_coalesced",
 ];
 
 pub const COUNTERS: usize = COUNTER_NAMES.len();
@@ -132,7 +135,7 @@ mod tests {
 
     #[test]
     fn names_cover_every_counter() {
-        assert_eq!(COUNTER_NAMES.len(), Counter::BalanceHandoffs as usize + 1);
+        assert_eq!(COUNTER_NAMES.len(), Counter::SendsCoalesced as usize + 1);
         const { assert!(COUNTERS <= COUNTER_CAPACITY) };
     }
 
