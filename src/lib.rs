@@ -45,6 +45,7 @@
 
 #[macro_use]
 pub mod log;
+pub mod balance;
 pub mod epoll;
 pub mod errno;
 pub mod exports;

@@ -64,6 +64,9 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags:
         let Some(rec) = sock::track(nfd, family, flags & libc::SOCK_NONBLOCK != 0) else {
             return;
         };
+        if let Some(listener) = sock::lookup(fd) {
+            crate::balance::on_accept(listener, rec);
+        }
         // SAFETY: our buffer, filled by the kernel up to peer_len.
         if let Some(ip) =
             unsafe { route::sockaddr_ip((&peer as *const libc::sockaddr_storage).cast(), peer_len) }

@@ -45,6 +45,7 @@ extern "C" fn child_after_fork() {
     if crate::init::is_active() {
         crate::init::in_shim(|| {
             crate::uring::after_fork_child();
+            crate::balance::after_fork_child();
             crate::stats::forget_after_fork();
         });
     }
@@ -123,5 +124,8 @@ pub unsafe fn environment_for_exec(envp: *const *const c_char) -> Option<Vec<*co
 
 /// Everything queued in the shim leaves before the image is replaced.
 pub fn before_exec() {
-    crate::init::in_shim(crate::uring::flush_all);
+    crate::init::in_shim(|| {
+        crate::uring::flush_all();
+        crate::balance::before_exec();
+    });
 }

@@ -48,6 +48,11 @@ pub struct SocketRecord {
     /// 1 + id of a ring whose thread waits in poll()/select() for this socket while its
     /// completions arrive on another thread's ring (0: none).
     remote: AtomicU32,
+    /// The balance group and member of a reuseport listener, or of the listener that
+    /// accepted this connection (see `crate::balance`); 0: none.
+    pub balance: AtomicU32,
+    /// The process image that counted this connection in (see `crate::balance`).
+    pub balance_epoch: AtomicU32,
 }
 
 pub static SOCKETS: Pool<SocketRecord> = Pool::new(SocketRecord::new);
@@ -68,6 +73,8 @@ impl SocketRecord {
             io: Mutex::new(crate::uring::SockIo::new()),
             wake: AtomicU32::new(0),
             remote: AtomicU32::new(0),
+            balance: AtomicU32::new(0),
+            balance_epoch: AtomicU32::new(0),
         }
     }
 
@@ -173,6 +180,7 @@ pub fn track(fd: i32, family: i32, nonblocking: bool) -> Option<&'static SocketR
     rec.route.store(Route::Undecided as u8, Ordering::Relaxed);
     rec.engine.store(Engine::Kernel as u8, Ordering::Relaxed);
     rec.listening.store(false, Ordering::Relaxed);
+    rec.balance.store(0, Ordering::Relaxed);
     rec.nonblocking.store(nonblocking, Ordering::Relaxed);
     rec.ino.store(inode_of(fd).unwrap_or(0), Ordering::Relaxed);
     rec.generation.fetch_add(1, Ordering::AcqRel);
@@ -235,6 +243,7 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
                 }
             }
             if left == 0 {
+                crate::balance::on_release(rec);
                 let (watchers, n) = {
                     let io = rec.lock_io();
                     (io.watchers, io.nwatchers)

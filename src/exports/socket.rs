@@ -64,6 +64,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
         if let Some(rec) = sock::lookup(fd) {
             rec.listening
                 .store(true, core::sync::atomic::Ordering::Relaxed);
+            errno::preserve(|| crate::balance::on_listen(rec, fd));
         }
     }
     r

@@ -626,7 +626,7 @@ mod tests {
         assert!(text.contains("thread 11 ring_fd -1: (all zero)"), "{text}");
         assert_eq!(
             text.lines()
-                .filter(|l| l.trim_start().starts_with("balance_handoffs"))
+                .filter(|l| l.trim_start().starts_with("balance_misses"))
                 .count(),
             1
         );

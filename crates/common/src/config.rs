@@ -236,7 +236,7 @@ pub const VARIABLES: &[VarSpec] = &[
     VarSpec { name: "RINGSHIM_RECV_CAP", default: "262144", accepted: "4096..=67108864", effect: "received bytes queued per socket before TCP is pushed back" },
     VarSpec { name: "RINGSHIM_SEND_CAP", default: "262144", accepted: "4096..=67108864", effect: "unsent bytes buffered per socket before write() returns EAGAIN" },
     VarSpec { name: "RINGSHIM_CLOSE_DRAIN_MS", default: "5000", accepted: "0..=600000", effect: "bound on draining accepted bytes after close()" },
-    VarSpec { name: "RINGSHIM_BALANCE", default: "off", accepted: "off, exact", effect: "exact: steer new connections to the thread with the fewest" },
+    VarSpec { name: "RINGSHIM_BALANCE", default: "off", accepted: "off, exact", effect: "exact: each new connection of a group of SO_REUSEPORT listeners goes to the listener (worker) with the fewest open connections (eBPF steering; needs CAP_BPF, else the kernel hash stays)" },
     VarSpec { name: "RINGSHIM_LOG", default: "warn", accepted: "off, error, warn, info, debug", effect: "log level (stderr or RINGSHIM_LOG_FILE)" },
     VarSpec { name: "RINGSHIM_LOG_FILE", default: "(stderr)", accepted: "a path; %p becomes the pid", effect: "append log lines to this file instead of stderr" },
     VarSpec { name: "RINGSHIM_STATS", default: "1", accepted: "0, 1", effect: "publish live counters for `ringshim stat PID`" },

@@ -54,8 +54,11 @@ pub enum Counter {
     /// write() calls that returned EAGAIN because RINGSHIM_SEND_CAP was reached.
     SendBackpressure,
     ClosesDraining,
+    /// Changes of a reuseport group's target listener (RINGSHIM_BALANCE=exact).
     BalanceDecisions,
-    BalanceHandoffs,
+    /// Connections accepted on a listener other than the target of the moment
+    /// (arrived before the previous accept was counted, or hashed by the kernel).
+    BalanceMisses,
     /// Writes that joined a SENDMSG not yet submitted instead of waiting for it.
     SendsCoalesced,
 }
@@ -86,7 +89,7 @@ pub const COUNTER_NAMES: &[&str] = &[
     "send_backpressure",
     "closes_draining",
     "balance_decisions",
-    "balance_handoffs",
+    "balance_misses",
     "sends_coalesced",
 ];
 
