@@ -60,6 +60,21 @@ macro_rules! real_fns {
 
 real_fns! {
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int;
+    fn clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int;
+    fn usleep(usec: libc::useconds_t) -> c_int;
+    fn sleep(secs: c_uint) -> c_uint;
+    fn pause() -> c_int;
+    fn sigsuspend(mask: *const sigset_t) -> c_int;
+    fn sigwait(set: *const sigset_t, sig: *mut c_int) -> c_int;
+    fn sigwaitinfo(set: *const sigset_t, info: *mut libc::siginfo_t) -> c_int;
+    fn sigtimedwait(set: *const sigset_t, info: *mut libc::siginfo_t, timeout: *const timespec) -> c_int;
+    fn pthread_join(thread: libc::pthread_t, ret: *mut *mut c_void) -> c_int;
+    fn sem_wait(sem: *mut libc::sem_t) -> c_int;
+    fn wait(status: *mut c_int) -> libc::pid_t;
+    fn waitpid(pid: libc::pid_t, status: *mut c_int, options: c_int) -> libc::pid_t;
+    fn wait4(pid: libc::pid_t, status: *mut c_int, options: c_int, usage: *mut libc::rusage) -> libc::pid_t;
+    fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *mut libc::siginfo_t, options: c_int) -> c_int;
     fn socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     fn listen(fd: c_int, backlog: c_int) -> c_int;

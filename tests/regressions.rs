@@ -56,3 +56,10 @@ fn corked_response_leaves_in_one_segment() {
 fn sqpoll_rings_share_one_kernel_thread() {
     run_both("rg_sqpoll_threads", &[("RINGSHIM_SQPOLL", "1")]);
 }
+
+/// An event-loop process that wrote its reply and called exit() lost the reply: it was
+/// queued for the loop's next wait, and exit() runs no thread-exit destructors.
+#[test]
+fn reply_written_before_exit_reaches_the_peer() {
+    run_both("rg_exit_flush", &[]);
+}

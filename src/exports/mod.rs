@@ -14,6 +14,7 @@
 //! says the shim reads them itself.
 #![allow(clippy::missing_safety_doc)]
 
+pub mod block;
 pub mod fd;
 pub mod info;
 pub mod io;

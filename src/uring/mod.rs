@@ -777,7 +777,9 @@ pub fn ring_busy_sending() -> bool {
 #[inline]
 pub fn submit_pending() {
     if let Some(r) = ring::current() {
-        if r.has_unsubmitted() {
+        // From a signal handler that interrupted the shim's own ring call, submitting
+        // would touch the queue mid-update: the interrupted call submits anyway.
+        if r.has_unsubmitted() && !ring::busy() {
             let _ = ring::with_busy(|| r.submit());
         }
     }

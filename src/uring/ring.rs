@@ -269,6 +269,11 @@ pub fn mine() -> Option<&'static Ring> {
     }
 }
 
+/// Whether this thread is inside a ring call (a signal handler may have interrupted it).
+pub fn busy() -> bool {
+    BUSY.with(|b| b.get())
+}
+
 /// Runs `f` with this thread's ring marked busy.
 pub fn with_busy<T>(f: impl FnOnce() -> T) -> T {
     let prev = BUSY.with(|b| b.replace(true));
@@ -803,6 +808,12 @@ extern "C" fn thread_exit(ring: *mut libc::c_void) {
     crate::uring::on_thread_exit(ring);
 }
 
+extern "C" fn process_exit() {
+    if let Some(ring) = current() {
+        crate::uring::on_thread_exit(ring);
+    }
+}
+
 /// Arranges for [`crate::uring::on_thread_exit`] to run when this thread ends (a
 /// pthread key destructor: no Rust thread-local destructor, which could allocate or
 /// run after the TLS it needs is gone).
@@ -815,7 +826,13 @@ fn register_thread_exit(ring: &'static Ring) {
             return;
         }
         key = match EXIT_KEY.compare_exchange(u32::MAX, k, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => k,
+            Ok(_) => {
+                // exit() runs no pthread key destructors: the exiting thread's queued
+                // sends and draining closes get the same bounded flush from atexit.
+                // SAFETY: registering a plain function, once per process image.
+                unsafe { libc::atexit(process_exit) };
+                k
+            }
             Err(existing) => {
                 // SAFETY: deleting the key this thread just created and lost the race with.
                 unsafe { libc::pthread_key_delete(k) };

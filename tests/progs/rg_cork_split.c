@@ -119,8 +119,9 @@ int main(void) {
         if (epoll_wait(ep, &ev, 1, 5000) != 1)
             die("epoll_wait for the request");
         char req[16];
-        ssize_t n;
-        while ((n = read(c, req, sizeof req)) > 0) {
+        ssize_t n = 1;
+        /* After the last response the client may close at once: stop reading then. */
+        while (round < ROUNDS && (n = read(c, req, sizeof req)) > 0) {
             set_cork(c, 1);
             struct iovec iov = {.iov_base = header, .iov_len = HEADER};
             if (writev(c, &iov, 1) != HEADER)
@@ -135,7 +136,7 @@ int main(void) {
             set_cork(c, 0);
             round++;
         }
-        if (n == 0 || (n < 0 && errno != EAGAIN))
+        if (round < ROUNDS && (n == 0 || (n < 0 && errno != EAGAIN)))
             die("read request");
     }
     pthread_join(t, NULL);
