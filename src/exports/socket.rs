@@ -176,7 +176,8 @@ pub unsafe extern "C" fn setsockopt(
 ) -> c_int {
     if ensure_init() {
         if let Some(rec) = sock::accelerated(fd) {
-            crate::uring::before_setsockopt(rec, level, name);
+            // SAFETY: the caller's option buffer of `len` bytes (read only if an int).
+            unsafe { crate::uring::before_setsockopt(rec, level, name, val, len) };
         }
     }
     // SAFETY: forwarded unchanged: the kernel socket holds every option.

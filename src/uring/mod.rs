@@ -1317,6 +1317,28 @@ pub fn flush(rec: &'static SocketRecord) {
     }
 }
 
+/// The application uncorks (or sets TCP_NODELAY) to push what it wrote. Bytes queued
+/// behind the SENDMSG already handed over would follow the push as a separate send,
+/// and Nagle would hold that sub-MSS tail for the peer's delayed ACK (40 ms): let them
+/// reach the kernel first, as they would have without the shim. One SENDMSG covering
+/// everything (the usual case, see `grow_unsubmitted_send`) leaves with the loop's next
+/// wait, right after the option: uncorked, with nothing unacknowledged, it goes out at
+/// once, so the extra system call is spent only on a split. Bounded: a socket that cannot take the bytes
+/// within a few milliseconds is sending full segments, where Nagle does not matter.
+fn flush_before_push(rec: &'static SocketRecord) {
+    let split = {
+        let io = rec.lock_io();
+        !io.detached && io.tx.bytes() > io.send_inflight
+    };
+    if split {
+        // Completed, not merely submitted: an SQPOLL thread may not have run the last
+        // SENDMSG yet when the option reaches the kernel.
+        let _ = block_until(rec, Some(5), |io| {
+            (io.tx.is_empty() && io.send_inflight == 0) || io.tx_error != 0
+        });
+    }
+}
+
 /// Flushes every accelerated socket (exec, fork).
 pub fn flush_all() {
     if !available() {
@@ -1678,8 +1700,29 @@ pub unsafe fn getsockopt(
 }
 
 /// Options that change the data path in ways the ring engine does not model send the
-/// socket back to the kernel before they take effect.
-pub fn before_setsockopt(rec: &'static SocketRecord, level: c_int, name: c_int) {
+/// socket back to the kernel before they take effect; options that push out pending
+/// data (uncorking, enabling TCP_NODELAY) first let the shim's queued bytes reach it.
+///
+/// # Safety
+/// `val` must be readable for `len` bytes, as for setsockopt(2).
+pub unsafe fn before_setsockopt(
+    rec: &'static SocketRecord,
+    level: c_int,
+    name: c_int,
+    val: *const libc::c_void,
+    len: libc::socklen_t,
+) {
+    if level == libc::IPPROTO_TCP
+        && (name == libc::TCP_CORK || name == libc::TCP_NODELAY)
+        && !val.is_null()
+        && len as usize >= core::mem::size_of::<c_int>()
+    {
+        // SAFETY: caller contract: at least an int readable at `val`.
+        let on = unsafe { core::ptr::read_unaligned(val as *const c_int) } != 0;
+        if (name == libc::TCP_CORK) != on {
+            flush_before_push(rec);
+        }
+    }
     let unsupported = match level {
         libc::SOL_SOCKET => matches!(
             name,
