@@ -1,0 +1,516 @@
+//! The stack process: one thread, one loop.
+//!
+//! Each turn of the loop:
+//! 1. take the applications' messages off their app→stack rings ([`app`]);
+//! 2. run smoltcp: receive frames one by one (refilling listen pools after every frame
+//!    that changed a socket, so a burst of SYNs finds listeners: [`session`]), then
+//!    transmit;
+//! 3. move bytes between smoltcp's socket buffers and the sessions' shared fifos, and
+//!    turn socket state changes into messages ([`session`]);
+//!
+//! repeated while anything moved (sleeping right after one poll stalls: a transmit can
+//! make room for more). Then the loop sleeps in `epoll_wait` over the TAP device, the
+//! control listener, every application's control connection and `stack_wake` eventfds,
+//! a signalfd (SIGTERM/SIGINT) and a timerfd armed from smoltcp's `poll_delay()`. With
+//! no traffic and no timers it sleeps for good: idle costs no CPU.
+
+mod app;
+mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::mem::zeroed;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration as StdDuration;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, SocketSet};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use crate::config::{Config, LogLevel};
+use crate::sys::cvt;
+use crate::tap::Tap;
+
+pub use app::App;
+use session::{Closing, Listener};
+
+static LOG_LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+/// Whether messages of `level` are printed.
+pub fn log_enabled(level: LogLevel) -> bool {
+    level as u8 <= LOG_LEVEL.load(Ordering::Relaxed)
+}
+
+macro_rules! log {
+    ($level:expr, $($arg:tt)*) => {
+        if $crate::stack::log_enabled($level) {
+            eprintln!("ringshim-stackd: {}", format_args!($($arg)*));
+        }
+    };
+}
+pub(crate) use log;
+
+/// What an epoll event is about (the top byte of its token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    Tap,
+    ControlListener,
+    Timer,
+    Signal,
+    /// An application's control connection.
+    AppControl(u32),
+    /// An application worker's `stack_wake` eventfd.
+    WorkerWake(u32, u16),
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        match self {
+            Token::Tap => 1 << 56,
+            Token::ControlListener => 2 << 56,
+            Token::Timer => 3 << 56,
+            Token::Signal => 4 << 56,
+            Token::AppControl(app) => (5 << 56) | (u64::from(app) << 16),
+            Token::WorkerWake(app, worker) => {
+                (6 << 56) | (u64::from(app) << 16) | u64::from(worker)
+            }
+        }
+    }
+    fn decode(raw: u64) -> Option<Token> {
+        let app = ((raw >> 16) & 0xffff_ffff) as u32;
+        let worker = (raw & 0xffff) as u16;
+        Some(match raw >> 56 {
+            1 => Token::Tap,
+            2 => Token::ControlListener,
+            3 => Token::Timer,
+            4 => Token::Signal,
+            5 => Token::AppControl(app),
+            6 => Token::WorkerWake(app, worker),
+            _ => return None,
+        })
+    }
+}
+
+/// Sizes of smoltcp's own per-connection buffers (the shared fifos come on top).
+const SOCKET_RX_BYTES: usize = 128 << 10;
+const SOCKET_TX_BYTES: usize = 128 << 10;
+/// smoltcp's default delayed ACK is 10 ms; a request/response exchange that does not
+/// piggyback its ACK would wait that long. 1 ms keeps the ACK-every-other-segment
+/// behaviour for bulk transfers (smoltcp acks at once past one MSS) without the stall.
+const ACK_DELAY: Duration = Duration::from_millis(1);
+/// A connection that gets no answer to what it sent (SYN or data) for this long is
+/// dropped (ETIMEDOUT).
+const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection the application closed may take to finish (FIN-WAIT-2 and
+/// friends) before it is reset, as the kernel's tcp_fin_timeout.
+const CLOSE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+/// Turns of the loop without sleeping before stackd checks epoll anyway (fairness to new
+/// control connections under load).
+const MAX_ROUNDS_PER_WAKE: u32 = 64;
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// Counters printed at exit (and, later, for `ringshim stat`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackCounters {
+    pub apps_attached: u64,
+    pub apps_refused: u64,
+    pub apps_detached: u64,
+    pub sessions_accepted: u64,
+    pub sessions_connected: u64,
+    pub accepts_refused_no_slot: u64,
+    pub sessions_reset_on_detach: u64,
+    pub messages_to_apps: u64,
+    pub messages_from_apps: u64,
+    pub app_wakeups: u64,
+    pub sleeps: u64,
+}
+
+/// The whole stack process.
+pub struct Stack {
+    pub(crate) config: Config,
+    started: std::time::Instant,
+    pub(crate) iface: Interface,
+    pub(crate) device: Tap,
+    pub(crate) sockets: SocketSet<'static>,
+    epoll: OwnedFd,
+    timer: OwnedFd,
+    signals: OwnedFd,
+    control: OwnedFd,
+    pub(crate) apps: HashMap<u32, App>,
+    next_app_id: u32,
+    pub(crate) listeners: HashMap<u32, Listener>,
+    pub(crate) listening_ports: HashMap<u16, u32>,
+    next_listener_id: u32,
+    pub(crate) ports_in_use: HashSet<u16>,
+    next_ephemeral: u16,
+    pub(crate) closing: Vec<Closing>,
+    own_uid: u32,
+    stop: bool,
+    pub counters: StackCounters,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("config", &self.config)
+            .field("apps", &self.apps.len())
+            .field("listeners", &self.listeners.len())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut seed = 0u64;
+    // SAFETY: fills 8 bytes of a live u64; on failure the seed stays time-based below.
+    let got = unsafe { libc::getrandom((&mut seed as *mut u64).cast(), 8, 0) };
+    if got != 8 {
+        seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64);
+    }
+    seed
+}
+
+fn epoll_add(epoll: RawFd, fd: RawFd, events: u32, token: Token) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events,
+        u64: token.encode(),
+    };
+    // SAFETY: a live epoll_event; plain system call.
+    cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+    Ok(())
+}
+
+fn epoll_del(epoll: RawFd, fd: RawFd) {
+    // SAFETY: plain system call; a stale fd only yields an error we ignore (the
+    // registration is gone with it).
+    unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+}
+
+impl Stack {
+    /// Opens the TAP device, sets up smoltcp and binds the control socket.
+    pub fn new(config: Config) -> io::Result<Stack> {
+        LOG_LEVEL.store(config.log as u8, Ordering::Relaxed);
+        let mut device = Tap::open(&config.tap).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open TAP device {:?}: {e}", config.tap),
+            )
+        })?;
+        let started = std::time::Instant::now();
+        let mut iface_config =
+            IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        iface_config.random_seed = random_seed();
+        let mut iface = Interface::new(iface_config, &mut device, Instant::from_micros(0));
+        iface.update_ip_addrs(|addrs| {
+            // The vector has room for several addresses; the first push cannot fail.
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len));
+        });
+        if let Some(gateway) = config.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gateway)
+                .map_err(|_| io::Error::other("route table full"))?;
+        }
+
+        // SAFETY: plain system calls returning new descriptors we own.
+        let (epoll, timer) = unsafe {
+            let epoll = cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?;
+            let epoll = OwnedFd::from_raw_fd(epoll);
+            let timer = cvt(libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            ))?;
+            (epoll, OwnedFd::from_raw_fd(timer))
+        };
+        let signals = signal_fd()?;
+        let control = app::bind_control(&config)?;
+
+        epoll_add(
+            epoll.as_raw_fd(),
+            device.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Token::Tap,
+        )?;
+        epoll_add(
+            epoll.as_raw_fd(),
+            control.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Token::ControlListener,
+        )?;
+        epoll_add(
+            epoll.as_raw_fd(),
+            timer.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Token::Timer,
+        )?;
+        epoll_add(
+            epoll.as_raw_fd(),
+            signals.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            Token::Signal,
+        )?;
+
+        log!(
+            LogLevel::Info,
+            "serving {}/{} on TAP {} (MTU {}), control socket {}",
+            config.ip,
+            config.prefix_len,
+            config.tap,
+            device.mtu(),
+            config.control.display()
+        );
+        let next_ephemeral = EPHEMERAL_PORTS.start() + (random_seed() % 16384) as u16;
+        Ok(Stack {
+            config,
+            started,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            epoll,
+            timer,
+            signals,
+            control,
+            apps: HashMap::new(),
+            next_app_id: 1,
+            listeners: HashMap::new(),
+            listening_ports: HashMap::new(),
+            next_listener_id: 1,
+            ports_in_use: HashSet::new(),
+            next_ephemeral,
+            closing: Vec::new(),
+            // SAFETY: geteuid cannot fail.
+            own_uid: unsafe { libc::geteuid() },
+            stop: false,
+            counters: StackCounters::default(),
+        })
+    }
+
+    /// smoltcp's clock: microseconds since start, from the monotonic clock (wall-clock
+    /// jumps must not fire or stall TCP timers).
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_micros(self.started.elapsed().as_micros() as i64)
+    }
+
+    /// Serves until SIGTERM or SIGINT, or until the TAP device fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        while !self.stop {
+            let mut rounds = 0;
+            loop {
+                let mut progress = self.drain_app_rings();
+                progress |= self.poll_network();
+                progress |= self.service_sessions();
+                self.reap_closing();
+                rounds += 1;
+                if !progress || rounds >= MAX_ROUNDS_PER_WAKE {
+                    break;
+                }
+            }
+            self.flush_and_wake_apps();
+            self.drop_broken_apps();
+            if let Some(err) = self.device.fatal.take() {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("TAP device failed: {err}"),
+                ));
+            }
+
+            let timeout = if rounds >= MAX_ROUNDS_PER_WAKE || !self.prepare_sleep() {
+                0
+            } else {
+                self.arm_timer()?;
+                self.counters.sleeps += 1;
+                -1
+            };
+            // SAFETY: the buffer holds events.len() entries.
+            let ready = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    timeout,
+                )
+            };
+            self.woke();
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            for event in &events[..ready as usize] {
+                let (raw, flags) = (event.u64, event.events);
+                match Token::decode(raw) {
+                    Some(Token::Tap) | None => {}
+                    Some(Token::Timer) => drain_counter(self.timer.as_raw_fd()),
+                    Some(Token::Signal) => self.on_signal(),
+                    Some(Token::ControlListener) => self.accept_control_connections(),
+                    Some(Token::AppControl(app)) => self.on_app_control(app, flags),
+                    Some(Token::WorkerWake(app, worker)) => self.on_worker_wake(app, worker),
+                }
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Runs smoltcp: every queued frame (one at a time, refilling listen pools after a
+    /// frame that changed a socket), then everything there is to transmit.
+    fn poll_network(&mut self) -> bool {
+        let now = self.now();
+        let mut progress = false;
+        self.iface.poll_maintenance(now);
+        loop {
+            match self
+                .iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets)
+            {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => progress = true,
+                PollIngressSingleResult::SocketStateChanged => {
+                    progress = true;
+                    self.service_listeners();
+                }
+            }
+        }
+        while self
+            .iface
+            .poll_egress(now, &mut self.device, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged
+        {
+            progress = true;
+        }
+        progress
+    }
+
+    /// Arms the timerfd for smoltcp's next deadline and the earliest close timeout, or
+    /// disarms it when there is none.
+    fn arm_timer(&mut self) -> io::Result<()> {
+        let now = self.now();
+        let mut delay: Option<StdDuration> = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| StdDuration::from_micros(d.total_micros()));
+        let since_start = self.started.elapsed();
+        for closing in &self.closing {
+            let left = closing.deadline.saturating_sub(since_start);
+            delay = Some(delay.map_or(left, |d| d.min(left)));
+        }
+        // SAFETY: itimerspec is plain data.
+        let mut spec: libc::itimerspec = unsafe { zeroed() };
+        if let Some(delay) = delay {
+            // A zero it_value would disarm the timer; fire as soon as possible instead.
+            let delay = delay.max(StdDuration::from_micros(1));
+            spec.it_value.tv_sec = delay.as_secs() as libc::time_t;
+            spec.it_value.tv_nsec = delay.subsec_nanos() as libc::c_long;
+        }
+        // SAFETY: a live itimerspec; plain system call.
+        cvt(unsafe {
+            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        })?;
+        Ok(())
+    }
+
+    fn on_signal(&mut self) {
+        // SAFETY: reads one signalfd_siginfo into a zeroed buffer of its size.
+        let mut info: libc::signalfd_siginfo = unsafe { zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::read(
+                self.signals.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n == size as isize {
+            log!(LogLevel::Info, "signal {}: shutting down", info.ssi_signo);
+            self.stop = true;
+        }
+    }
+
+    /// Graceful stop: reset every connection (the peers learn at once), remove the
+    /// control socket, print the counters.
+    fn shutdown(&mut self) {
+        let ids: Vec<u32> = self.apps.keys().copied().collect();
+        for id in ids {
+            self.detach_app(id, "stackd is stopping");
+        }
+        // Let the resets go out.
+        let now = self.now();
+        let _ = self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let _ = std::fs::remove_file(&self.config.control);
+        log!(
+            LogLevel::Info,
+            "stopped; counters {:?}; device {:?}",
+            self.counters,
+            self.device.counters
+        );
+    }
+
+    /// A free local port for an outgoing connection or a port-0 listener.
+    pub(crate) fn pick_ephemeral_port(&mut self) -> Option<u16> {
+        let span = u32::from(EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start()) + 1;
+        for _ in 0..span {
+            let port = self.next_ephemeral;
+            self.next_ephemeral = if port >= *EPHEMERAL_PORTS.end() {
+                *EPHEMERAL_PORTS.start()
+            } else {
+                port + 1
+            };
+            if !self.ports_in_use.contains(&port) && !self.listening_ports.contains_key(&port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn new_listener_id(&mut self) -> u32 {
+        let id = self.next_listener_id;
+        self.next_listener_id = self.next_listener_id.wrapping_add(1).max(1);
+        id
+    }
+
+    pub(crate) fn new_app_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_app_id;
+            self.next_app_id = self.next_app_id.wrapping_add(1).max(1);
+            if !self.apps.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT for the process and returns a signalfd that reports them.
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset; plain system calls.
+    unsafe {
+        let mut set: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        cvt(libc::pthread_sigmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+        ))?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Reads an 8-byte counter (timerfd, eventfd) to reset it.
+fn drain_counter(fd: RawFd) {
+    let mut value = 0u64;
+    // SAFETY: reads 8 bytes into a live u64; EAGAIN is fine.
+    unsafe { libc::read(fd, (&mut value as *mut u64).cast(), 8) };
+}

@@ -1,0 +1,715 @@
+//! Sessions (connections) and listeners: smoltcp sockets tied to slots of an
+//! application's segment.
+//!
+//! **Listen backlog.** smoltcp has no accept queue: one socket in LISTEN takes one SYN and
+//! becomes the connection; a SYN that finds no listening socket is answered with RST. So a
+//! listener here is a pool of listening sockets on the same port, refilled after every
+//! received frame that changed a socket (see `poll_network`), up to `max(backlog, 8)`
+//! sockets in LISTEN (at most 64: smoltcp scans every socket for every segment), plus up to
+//! `backlog` half-open ones. A pooled socket whose handshake completes is handed to the
+//! application at once as ACCEPTED: the accept queue is the application's ring.
+//!
+//! **Data.** Each turn moves bytes from smoltcp's receive buffer into the session's rx
+//! fifo (the fifo's free space plus smoltcp's buffer is the advertised window) and from the
+//! tx fifo into smoltcp's send buffer; RX and TX_SPACE are posted when their flags say the
+//! application wants them.
+//!
+//! **Ends.** SHUTDOWN(SHUT_WR) and CLOSE send FIN once the tx fifo is empty; CLOSE with
+//! unread bytes, with ABORT, or with bytes arriving afterwards sends RST (as the kernel
+//! does). A closed session's socket moves to the closing list, which keeps it until its
+//! FIN or RST is out (TIME-WAIT is not kept: smoltcp's fixed 10 s would hold 256 KiB of
+//! buffers per connection), bounded by `CLOSE_TIMEOUT`; the slot is free at once.
+
+use std::time::Duration as StdDuration;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
+
+use super::app::App;
+use super::{
+    log, Stack, ACK_DELAY, CLOSE_TIMEOUT, RETRANSMIT_TIMEOUT, SOCKET_RX_BYTES, SOCKET_TX_BYTES,
+};
+use crate::config::LogLevel;
+use crate::proto::{
+    msg_flags, session_generation, session_id, session_index, sockopt, Endpoint, Fifo, Msg,
+    MsgKind, Segment, SessionId, NO_SESSION,
+};
+
+/// Most sockets in LISTEN per listener.
+const MAX_LISTENING_POOL: usize = 64;
+/// Most half-open (SYN-RECEIVED) connections per listener.
+const MAX_EMBRYONIC: usize = 4096;
+
+/// A session slot of an application's segment.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// Bumped each time the slot is handed out, so stale ids are recognised.
+    pub(crate) generation: u32,
+    pub(crate) session: Option<Session>,
+}
+
+/// A connection owned by an application.
+pub(crate) struct Session {
+    pub(crate) handle: SocketHandle,
+    pub(crate) worker: u32,
+    /// CONNECT's cookie (for CONNECTED and a CLOSE of a pending connect).
+    cookie: u64,
+    /// The ephemeral port this session reserved (outgoing connections).
+    pub(crate) local_port: Option<u16>,
+    connecting: Option<Instant>,
+    last_state: State,
+    fin_reported: bool,
+    reset_reported: bool,
+    shutdown_requested: bool,
+    fin_queued: bool,
+    app_closed: bool,
+}
+
+impl Session {
+    fn new(handle: SocketHandle, worker: u32, state: State) -> Session {
+        Session {
+            handle,
+            worker,
+            cookie: 0,
+            local_port: None,
+            connecting: None,
+            last_state: state,
+            fin_reported: false,
+            reset_reported: false,
+            shutdown_requested: false,
+            fin_queued: false,
+            app_closed: false,
+        }
+    }
+}
+
+/// A socket on its way out (FIN or RST still to send), no longer any app's.
+pub(crate) struct Closing {
+    handle: SocketHandle,
+    port: Option<u16>,
+    /// Time since stackd's start after which it is reset.
+    pub(crate) deadline: StdDuration,
+    /// Seen finished once; removed on the next pass (after one more transmit).
+    finished: bool,
+}
+
+/// A listening port: a pool of smoltcp sockets in LISTEN (and half-open ones).
+pub(crate) struct Listener {
+    pub(crate) app: u32,
+    worker: u32,
+    cookie: u64,
+    endpoint: IpListenEndpoint,
+    target_listening: usize,
+    max_embryonic: usize,
+    nodelay: bool,
+    pool: Vec<SocketHandle>,
+}
+
+fn to_endpoint(ep: Option<IpEndpoint>) -> Endpoint {
+    match ep {
+        Some(IpEndpoint {
+            addr: IpAddress::Ipv4(addr),
+            port,
+        }) => Endpoint::new(addr.octets(), port),
+        _ => Endpoint::default(),
+    }
+}
+
+/// A smoltcp socket with stackd's buffers and TCP settings.
+fn new_socket(nodelay: bool) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; SOCKET_RX_BYTES]),
+        tcp::SocketBuffer::new(vec![0u8; SOCKET_TX_BYTES]),
+    );
+    socket.set_ack_delay(Some(ACK_DELAY));
+    socket.set_nagle_enabled(!nodelay);
+    socket.set_timeout(Some(RETRANSMIT_TIMEOUT));
+    socket
+}
+
+/// What the session pass decided about a session.
+enum Disposition {
+    Keep,
+    /// A connect failed before the app learned the session: remove the socket now.
+    Discard,
+    /// The app closed it and its last bytes are in smoltcp: move it to the closing list.
+    Retire,
+}
+
+/// Everything the pass over one session needs besides the session.
+struct Pass<'a> {
+    sockets: &'a mut smoltcp::iface::SocketSet<'static>,
+    posts: &'a mut Vec<(u32, Msg)>,
+    now: Instant,
+    broken: bool,
+}
+
+impl Pass<'_> {
+    /// One session: connect completion, bytes both ways, FIN and RST, close.
+    fn service(
+        &mut self,
+        session: &mut Session,
+        id: SessionId,
+        rx: Fifo,
+        tx: Fifo,
+    ) -> (bool, Disposition) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(session.handle);
+        let state = socket.state();
+        let mut progress = false;
+
+        if let Some(started) = session.connecting {
+            match state {
+                State::SynSent | State::SynReceived => return (false, Disposition::Keep),
+                State::Closed | State::TimeWait | State::Listen => {
+                    // smoltcp drops a SYN nobody answers after RETRANSMIT_TIMEOUT; an
+                    // earlier end is the peer's RST.
+                    let waited = self.now - started;
+                    let errno = if waited + Duration::from_secs(1) >= RETRANSMIT_TIMEOUT {
+                        libc::ETIMEDOUT
+                    } else {
+                        libc::ECONNREFUSED
+                    };
+                    let mut msg = Msg::new(MsgKind::Connected);
+                    msg.cookie = session.cookie;
+                    msg.session = NO_SESSION;
+                    msg.result = errno;
+                    self.posts.push((session.worker, msg));
+                    return (true, Disposition::Discard);
+                }
+                _ => {
+                    session.connecting = None;
+                    let mut msg = Msg::for_session(MsgKind::Connected, id);
+                    msg.cookie = session.cookie;
+                    msg.local = to_endpoint(socket.local_endpoint());
+                    msg.remote = to_endpoint(socket.remote_endpoint());
+                    self.posts.push((session.worker, msg));
+                    progress = true;
+                }
+            }
+        }
+
+        // Received bytes: smoltcp → rx fifo.
+        if !session.app_closed {
+            let mut moved = 0usize;
+            loop {
+                let mut corrupt = false;
+                let got = socket.recv(|buf| {
+                    let n = rx.enqueue(buf).unwrap_or_else(|_| {
+                        corrupt = true;
+                        0
+                    });
+                    (n, n)
+                });
+                self.broken |= corrupt;
+                match got {
+                    Ok(n) if n > 0 => moved += n,
+                    _ => break,
+                }
+            }
+            if moved > 0 {
+                progress = true;
+                if rx.producer_should_notify() {
+                    self.posts
+                        .push((session.worker, Msg::for_session(MsgKind::Rx, id)));
+                }
+            }
+            if socket.recv_queue() > 0 {
+                // The fifo is full: ask for RX_DRAINED. Space that appeared meanwhile is
+                // used on the next turn.
+                match rx.request_space_notice() {
+                    Ok(free) if free > 0 => progress = true,
+                    Ok(_) => {}
+                    Err(_) => self.broken = true,
+                }
+            }
+        } else if socket.recv_queue() > 0 && socket.is_active() {
+            // Bytes arrived after the application closed: the kernel answers with RST.
+            socket.abort();
+            return (true, Disposition::Retire);
+        }
+
+        // Bytes to send: tx fifo → smoltcp.
+        if socket.may_send() && !session.fin_queued && !tx.is_empty() {
+            tx.consumer_clear_event();
+            let mut moved = 0usize;
+            loop {
+                let mut corrupt = false;
+                let sent = socket.send(|buf| {
+                    let n = tx.peek(buf).unwrap_or_else(|_| {
+                        corrupt = true;
+                        0
+                    });
+                    if tx.consume(n as u32).is_err() {
+                        corrupt = true;
+                    }
+                    (n, n)
+                });
+                self.broken |= corrupt;
+                match sent {
+                    Ok(n) if n > 0 && !corrupt => moved += n,
+                    _ => break,
+                }
+            }
+            if moved > 0 {
+                progress = true;
+                if tx.consumer_take_space_request() {
+                    self.posts
+                        .push((session.worker, Msg::for_session(MsgKind::TxSpace, id)));
+                }
+            }
+        }
+
+        // SHUTDOWN(SHUT_WR) or CLOSE: FIN once everything written is in smoltcp.
+        if (session.shutdown_requested || session.app_closed)
+            && !session.fin_queued
+            && (tx.is_empty() || !socket.may_send())
+        {
+            socket.close();
+            session.fin_queued = true;
+            progress = true;
+        }
+
+        let state = socket.state();
+        let peer_finished = matches!(
+            state,
+            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+        ) || (state == State::Closed
+            && matches!(session.last_state, State::LastAck | State::TimeWait));
+        if !session.app_closed {
+            if peer_finished && !session.fin_reported && socket.recv_queue() == 0 {
+                session.fin_reported = true;
+                self.posts
+                    .push((session.worker, Msg::for_session(MsgKind::Disconnected, id)));
+                progress = true;
+            }
+            if state == State::Closed && !peer_finished && !session.reset_reported {
+                session.reset_reported = true;
+                let mut msg = Msg::for_session(MsgKind::Reset, id);
+                msg.result = libc::ECONNRESET;
+                self.posts.push((session.worker, msg));
+                progress = true;
+            }
+        }
+        session.last_state = state;
+
+        if session.app_closed && (session.fin_queued || state == State::Closed) {
+            return (true, Disposition::Retire);
+        }
+        (progress, Disposition::Keep)
+    }
+}
+
+impl Stack {
+    fn post_to(&mut self, app: u32, worker: u32, msg: Msg) {
+        if let Some(app) = self.apps.get_mut(&app) {
+            app.post(worker, msg);
+            self.counters.messages_to_apps += 1;
+        }
+    }
+
+    pub(super) fn on_listen(&mut self, app: u32, worker: u32, msg: &Msg) {
+        let mut reply = Msg::new(MsgKind::Bound);
+        reply.cookie = msg.cookie;
+        let addr = match msg.local.addr {
+            [0, 0, 0, 0] => None,
+            a if a == self.config.ip.octets() => Some(IpAddress::Ipv4(a.into())),
+            _ => {
+                reply.result = libc::EADDRNOTAVAIL;
+                return self.post_to(app, worker, reply);
+            }
+        };
+        let port = if msg.local.port == 0 {
+            self.pick_ephemeral_port()
+        } else {
+            Some(msg.local.port)
+        };
+        let Some(port) = port.filter(|p| !self.listening_ports.contains_key(p)) else {
+            reply.result = libc::EADDRINUSE;
+            return self.post_to(app, worker, reply);
+        };
+        let backlog = (msg.arg as usize).clamp(1, MAX_EMBRYONIC);
+        let id = self.new_listener_id();
+        self.listeners.insert(
+            id,
+            Listener {
+                app,
+                worker,
+                cookie: msg.cookie,
+                endpoint: IpListenEndpoint { addr, port },
+                target_listening: backlog.clamp(8, MAX_LISTENING_POOL),
+                max_embryonic: backlog,
+                nodelay: msg.flags & msg_flags::NODELAY != 0,
+                pool: Vec::new(),
+            },
+        );
+        self.listening_ports.insert(port, id);
+        self.service_listeners();
+        reply.arg = id;
+        reply.local = Endpoint::new(addr.map_or([0; 4], |_| self.config.ip.octets()), port);
+        log!(LogLevel::Debug, "app {app}: listener {id} on port {port}");
+        self.post_to(app, worker, reply);
+    }
+
+    pub(crate) fn close_listener(&mut self, id: u32) {
+        let Some(listener) = self.listeners.remove(&id) else {
+            return;
+        };
+        self.listening_ports.remove(&listener.endpoint.port);
+        for handle in listener.pool {
+            if self.sockets.get::<tcp::Socket>(handle).state() == State::Listen {
+                self.sockets.remove(handle);
+            } else {
+                self.abort_socket(handle, None);
+            }
+        }
+    }
+
+    /// Refills every listener's pool and hands completed handshakes to their apps.
+    pub(super) fn service_listeners(&mut self) {
+        let mut accepted: Vec<(u32, SocketHandle)> = Vec::new();
+        let mut dead: Vec<SocketHandle> = Vec::new();
+        for (&id, listener) in self.listeners.iter_mut() {
+            let sockets = &mut self.sockets;
+            let mut listening = 0;
+            listener
+                .pool
+                .retain(|&handle| match sockets.get::<tcp::Socket>(handle).state() {
+                    State::Listen => {
+                        listening += 1;
+                        true
+                    }
+                    State::SynReceived => true,
+                    State::Established | State::CloseWait => {
+                        accepted.push((id, handle));
+                        false
+                    }
+                    _ => {
+                        dead.push(handle);
+                        false
+                    }
+                });
+            while listening < listener.target_listening
+                && listener.pool.len() < listener.target_listening + listener.max_embryonic
+            {
+                let mut socket = new_socket(listener.nodelay);
+                if socket.listen(listener.endpoint).is_err() {
+                    break;
+                }
+                listener.pool.push(sockets.add(socket));
+                listening += 1;
+            }
+        }
+        for handle in dead {
+            self.abort_socket(handle, None);
+        }
+        for (id, handle) in accepted {
+            self.accept(id, handle);
+        }
+    }
+
+    /// Gives an established pooled socket to the listener's app as a new session.
+    fn accept(&mut self, listener_id: u32, handle: SocketHandle) {
+        let Some(listener) = self.listeners.get(&listener_id) else {
+            return self.abort_socket(handle, None);
+        };
+        let (app_id, worker, cookie) = (listener.app, listener.worker, listener.cookie);
+        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let (local, remote, state) = (
+            to_endpoint(socket.local_endpoint()),
+            to_endpoint(socket.remote_endpoint()),
+            socket.state(),
+        );
+        let Some(id) = self
+            .apps
+            .get_mut(&app_id)
+            .and_then(|app| allocate_slot(app, Session::new(handle, worker, state)))
+        else {
+            self.counters.accepts_refused_no_slot += 1;
+            log!(
+                LogLevel::Debug,
+                "app {app_id}: no free session slot; resetting a new connection"
+            );
+            return self.abort_socket(handle, None);
+        };
+        self.counters.sessions_accepted += 1;
+        let mut msg = Msg::for_session(MsgKind::Accepted, id);
+        msg.cookie = cookie;
+        msg.arg = listener_id;
+        msg.local = local;
+        msg.remote = remote;
+        self.post_to(app_id, worker, msg);
+    }
+
+    pub(super) fn on_connect(&mut self, app: u32, worker: u32, msg: &Msg) {
+        let fail = |stack: &mut Stack, errno: i32| {
+            let mut reply = Msg::new(MsgKind::Connected);
+            reply.cookie = msg.cookie;
+            reply.session = NO_SESSION;
+            reply.result = errno;
+            reply.remote = msg.remote;
+            stack.post_to(app, worker, reply);
+        };
+        let own = self.config.ip.octets();
+        if msg.remote.addr == [0; 4] || msg.remote.port == 0 {
+            return fail(self, libc::EINVAL);
+        }
+        if msg.remote.addr == own {
+            // smoltcp cannot talk to itself.
+            return fail(self, libc::ECONNREFUSED);
+        }
+        if msg.local.addr != [0; 4] && msg.local.addr != own {
+            return fail(self, libc::EADDRNOTAVAIL);
+        }
+        let (port, reserved) = if msg.local.port != 0 {
+            (msg.local.port, None)
+        } else {
+            match self.pick_ephemeral_port() {
+                Some(port) => (port, Some(port)),
+                None => return fail(self, libc::EAGAIN),
+            }
+        };
+        let mut socket = new_socket(msg.flags & msg_flags::NODELAY != 0);
+        let remote = IpEndpoint::new(IpAddress::Ipv4(msg.remote.addr.into()), msg.remote.port);
+        let local = IpListenEndpoint {
+            addr: (msg.local.addr != [0; 4]).then(|| IpAddress::Ipv4(own.into())),
+            port,
+        };
+        if let Err(err) = socket.connect(self.iface.context(), remote, local) {
+            log!(LogLevel::Debug, "app {app}: connect to {remote}: {err}");
+            return fail(self, libc::ENETUNREACH);
+        }
+        let handle = self.sockets.add(socket);
+        let mut session = Session::new(handle, worker, State::SynSent);
+        session.cookie = msg.cookie;
+        session.local_port = reserved;
+        session.connecting = Some(self.now());
+        if let Some(port) = reserved {
+            self.ports_in_use.insert(port);
+        }
+        let allocated = self
+            .apps
+            .get_mut(&app)
+            .and_then(|a| allocate_slot(a, session));
+        if allocated.is_none() {
+            self.sockets.remove(handle);
+            if let Some(port) = reserved {
+                self.ports_in_use.remove(&port);
+            }
+            return fail(self, libc::ENOBUFS);
+        }
+        self.counters.sessions_connected += 1;
+    }
+
+    /// The slot a message names, if it is live and of the current generation.
+    fn session_mut(&mut self, app: u32, id: SessionId) -> Option<(&mut Session, Segment)> {
+        let attached = self.apps.get_mut(&app)?.attached.as_mut()?;
+        let slot = attached.slots.get_mut(session_index(id) as usize)?;
+        if slot.generation != session_generation(id) {
+            return None;
+        }
+        Some((slot.session.as_mut()?, attached.segment))
+    }
+
+    pub(super) fn on_close(&mut self, app: u32, msg: &Msg) {
+        let index = if msg.session == NO_SESSION {
+            // A pending connect, named by its cookie.
+            let Some(attached) = self.apps.get(&app).and_then(|a| a.attached.as_ref()) else {
+                return;
+            };
+            let found = attached.slots.iter().position(|slot| {
+                slot.session
+                    .as_ref()
+                    .is_some_and(|s| s.connecting.is_some() && s.cookie == msg.cookie)
+            });
+            match found {
+                Some(index) => index as u32,
+                None => return,
+            }
+        } else {
+            let Some((_, _)) = self.session_mut(app, msg.session) else {
+                return;
+            };
+            session_index(msg.session)
+        };
+        let Some((session, segment)) = self.session_mut_by_index(app, index) else {
+            return;
+        };
+        session.app_closed = true;
+        let unread = segment.rx_fifo(index).is_some_and(|f| !f.is_empty());
+        let handle = session.handle;
+        let abort = msg.flags & msg_flags::ABORT != 0
+            || unread
+            || session.connecting.is_some()
+            || self.sockets.get::<tcp::Socket>(handle).recv_queue() > 0;
+        if abort {
+            if let Some(session) = self.free_slot(app, index) {
+                self.abort_socket(session.handle, session.local_port);
+            }
+        }
+        // Otherwise the session pass sends what is queued, then FIN, and retires it.
+    }
+
+    fn session_mut_by_index(&mut self, app: u32, index: u32) -> Option<(&mut Session, Segment)> {
+        let attached = self.apps.get_mut(&app)?.attached.as_mut()?;
+        let segment = attached.segment;
+        Some((
+            attached.slots.get_mut(index as usize)?.session.as_mut()?,
+            segment,
+        ))
+    }
+
+    /// Empties a slot and returns its session (the socket is the caller's to dispose of).
+    fn free_slot(&mut self, app: u32, index: u32) -> Option<Session> {
+        let attached = self.apps.get_mut(&app)?.attached.as_mut()?;
+        let session = attached.slots.get_mut(index as usize)?.session.take()?;
+        attached.free_slots.push(index);
+        Some(session)
+    }
+
+    pub(super) fn on_shutdown(&mut self, app: u32, msg: &Msg) {
+        if msg.arg != libc::SHUT_WR as u32 && msg.arg != libc::SHUT_RDWR as u32 {
+            return;
+        }
+        if let Some((session, _)) = self.session_mut(app, msg.session) {
+            session.shutdown_requested = true;
+        }
+    }
+
+    pub(super) fn on_setopt(&mut self, app: u32, msg: &Msg) {
+        let Some((session, _)) = self.session_mut(app, msg.session) else {
+            return;
+        };
+        let handle = session.handle;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        match msg.arg {
+            sockopt::NODELAY => socket.set_nagle_enabled(msg.value == 0),
+            sockopt::KEEPALIVE_SECS => socket
+                .set_keep_alive((msg.value > 0).then(|| Duration::from_secs(u64::from(msg.value)))),
+            _ => {}
+        }
+    }
+
+    /// Resets a socket and keeps it until the RST is out.
+    pub(crate) fn abort_socket(&mut self, handle: SocketHandle, port: Option<u16>) {
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.retire(handle, port);
+    }
+
+    fn retire(&mut self, handle: SocketHandle, port: Option<u16>) {
+        self.closing.push(Closing {
+            handle,
+            port,
+            deadline: self.started.elapsed() + CLOSE_TIMEOUT,
+            finished: false,
+        });
+    }
+
+    /// Moves bytes and events for every session of every app.
+    pub(super) fn service_sessions(&mut self) -> bool {
+        self.service_listeners();
+        let mut progress = false;
+        let now = self.now();
+        let mut posts: Vec<(u32, Msg)> = Vec::new();
+        let mut retired: Vec<(SocketHandle, Option<u16>)> = Vec::new();
+        let mut discarded: Vec<(SocketHandle, Option<u16>)> = Vec::new();
+        for app in self.apps.values_mut() {
+            let Some(attached) = app.attached.as_mut() else {
+                continue;
+            };
+            posts.clear();
+            let mut pass = Pass {
+                sockets: &mut self.sockets,
+                posts: &mut posts,
+                now,
+                broken: false,
+            };
+            let segment = attached.segment;
+            for (index, slot) in attached.slots.iter_mut().enumerate() {
+                let Some(session) = slot.session.as_mut() else {
+                    continue;
+                };
+                let (Some(rx), Some(tx)) =
+                    (segment.rx_fifo(index as u32), segment.tx_fifo(index as u32))
+                else {
+                    continue;
+                };
+                let id = session_id(index as u32, slot.generation);
+                let (moved, disposition) = pass.service(session, id, rx, tx);
+                progress |= moved;
+                match disposition {
+                    Disposition::Keep => continue,
+                    Disposition::Discard => discarded.push((session.handle, session.local_port)),
+                    Disposition::Retire => retired.push((session.handle, session.local_port)),
+                }
+                slot.session = None;
+                attached.free_slots.push(index as u32);
+            }
+            app.broken |= pass.broken;
+            for &(worker, msg) in posts.iter() {
+                app.post(worker, msg);
+                self.counters.messages_to_apps += 1;
+            }
+        }
+        for (handle, port) in discarded {
+            self.sockets.remove(handle);
+            if let Some(port) = port {
+                self.ports_in_use.remove(&port);
+            }
+        }
+        for (handle, port) in retired {
+            self.retire(handle, port);
+        }
+        progress
+    }
+
+    /// Removes closing sockets whose FIN or RST is out; resets those past their deadline.
+    pub(super) fn reap_closing(&mut self) -> bool {
+        let since_start = self.started.elapsed();
+        let mut progress = false;
+        let mut removed: Vec<(SocketHandle, Option<u16>)> = Vec::new();
+        let sockets = &mut self.sockets;
+        self.closing.retain_mut(|entry| {
+            let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
+            let done = match socket.state() {
+                State::Closed => socket.remote_endpoint().is_none(),
+                State::TimeWait => true,
+                _ => false,
+            };
+            if !done {
+                if since_start >= entry.deadline {
+                    socket.abort();
+                    progress = true;
+                }
+                return true;
+            }
+            if entry.finished {
+                removed.push((entry.handle, entry.port));
+                return false;
+            }
+            // One more turn, so a final ACK or RST is transmitted first.
+            entry.finished = true;
+            progress = true;
+            true
+        });
+        for (handle, port) in removed {
+            self.sockets.remove(handle);
+            if let Some(port) = port {
+                self.ports_in_use.remove(&port);
+            }
+        }
+        progress
+    }
+}
+
+/// Hands out a free slot of the app for `session`; returns its id.
+fn allocate_slot(app: &mut App, session: Session) -> Option<SessionId> {
+    let attached = app.attached.as_mut()?;
+    let index = attached.free_slots.pop()?;
+    let slot = attached.slots.get_mut(index as usize)?;
+    slot.generation = slot.generation.wrapping_add(1);
+    attached.segment.reset_session(index);
+    slot.session = Some(session);
+    Some(session_id(index, slot.generation))
+}

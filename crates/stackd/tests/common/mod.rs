@@ -1,0 +1,303 @@
+//! Test fixtures: a private network namespace (TEST-NET-2 addresses only), a
+//! `ringshim-stackd` owning a TAP device inside it, and ways to act in the namespace.
+//!
+//! Topology of every test:
+//!
+//! ```text
+//!   namespace rs-us-<pid>-<n>
+//!     ringshim-stackd  198.51.100.2  (smoltcp, on TAP rsus0)
+//!     kernel side      198.51.100.1  (address of rsus0; the tests' kernel clients)
+//!   the test process (outside the namespace) = the application, attached over the
+//!   control socket <tmp>/stackd.sock and shared memory
+//! ```
+//!
+//! Everything is removed by Drop guards: processes are killed by PID, the namespace deleted.
+#![allow(dead_code)]
+
+pub mod app;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const STACK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const TAP: &str = "rsus0";
+
+/// True when the test may run. Not root: skip with a message, unless CI=true, where a skip
+/// is a failure (CI runs as root and must run these tests).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let message = format!("{test}: needs root (network namespaces, TAP devices)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}; CI=true, so a skip is a failure");
+    }
+    eprintln!("SKIPPED {message}");
+    false
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "rs-us-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        // No IPv6 chatter (router solicitations, MLD) on the TAP: smoltcp here is IPv4 only.
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeded.
+    pub fn exec(&self, argv: &[&str]) {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv));
+    }
+
+    /// Runs `f` on a thread that entered the namespace (sockets it creates live there;
+    /// they can be used from any thread afterwards).
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a namespace fd we opened; it changes only this thread.
+            let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process killed by PID on drop.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        // SAFETY: signals our own child by PID.
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.alive() {
+            // SAFETY: signals our own child by PID.
+            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.alive() {
+                self.kill9();
+            }
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A temporary directory (mode 0755), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// stackd running in its own namespace. Field order = drop order: the process first,
+/// then the namespace, then the directory.
+pub struct Stackd {
+    pub process: ChildGuard,
+    pub ns: Netns,
+    pub dir: TempDir,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Stackd {
+    /// Starts stackd (with `extra` flags) in a new namespace and configures the kernel
+    /// side of its TAP device.
+    pub fn start(extra: &[&str]) -> Stackd {
+        let ns = Netns::new();
+        let dir = TempDir::new(&ns.name);
+        let control = dir.0.join("stackd.sock");
+        let log = dir.0.join("stackd.log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                env!("CARGO_BIN_EXE_ringshim-stackd"),
+            ])
+            .args([
+                "--tap",
+                TAP,
+                "--ip",
+                "198.51.100.2/24",
+                "--gateway",
+                "198.51.100.1",
+            ])
+            .arg("--control")
+            .arg(&control)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn stackd");
+        let mut stackd = Stackd {
+            process: ChildGuard(child),
+            ns,
+            dir,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stackd.control.exists() {
+            assert!(
+                stackd.process.alive(),
+                "stackd exited early: {}",
+                stackd.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "stackd did not bind its control socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stackd
+            .ns
+            .exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", TAP]);
+        stackd.ns.exec(&["ip", "link", "set", TAP, "up"]);
+        stackd
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The stack's address with `port`.
+    pub fn addr(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(STACK_IP, port)
+    }
+
+    /// CPU time (user + system) of stackd so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+/// Reads lines of a child's output until one ends with `want` (libtest may print the
+/// test's name on the same line first); panics after 15 s.
+pub fn wait_for_line(output: impl Read + Send + 'static, want: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(line)) if line.trim_end().ends_with(want) => return,
+            Ok(Ok(line)) => seen.push(line),
+            other => panic!("no line {want:?} from the child ({other:?}); before: {seen:?}"),
+        }
+    }
+}
+
+/// A deterministic pseudo-random byte stream (xorshift).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, to compare streams in messages.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

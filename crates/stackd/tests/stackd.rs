@@ -1,0 +1,431 @@
+//! End-to-end tests of ringshim-stackd: a real stackd on a TAP device in a private network
+//! namespace (TEST-NET-2 addresses only), this test process as the application (through
+//! the library's client side), and kernel-stack clients inside the namespace.
+//!
+//! Need root; without it they skip with a message, and fail when CI=true.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::app::EchoApp;
+use common::{checksum, pattern, ChildGuard, Stackd};
+use ringshim_stackd::client::{self, AttachOptions};
+use ringshim_stackd::proto::{Endpoint, Msg, MsgKind, NO_SESSION};
+
+/// Serves `app` until `done` says so or the deadline passes.
+fn serve_until(app: &mut EchoApp, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !done() {
+        assert!(Instant::now() < end, "app loop deadline passed");
+        app.step(Duration::from_millis(20)).expect("app step");
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
+}
+
+/// Ping-pong of `size`-byte messages; returns (p50, p99).
+fn ping_pong(stream: &mut TcpStream, rounds: usize, size: usize) -> (Duration, Duration) {
+    stream.set_nodelay(true).unwrap();
+    let msg = pattern(size, 7);
+    let mut back = vec![0u8; size];
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        stream.write_all(&msg).unwrap();
+        stream.read_exact(&mut back).unwrap();
+        samples.push(start.elapsed());
+        assert_eq!(back, msg);
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+#[test]
+fn echo_one_mebibyte_through_stackd_and_the_shared_fifos() {
+    if !common::require_root("echo_one_mebibyte_through_stackd_and_the_shared_fifos") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    let (_listener, port) = app.listen(7000, 16);
+    assert_eq!(port, 7000);
+
+    let stream = stackd
+        .ns
+        .run_in(move || {
+            TcpStream::connect_timeout(&Stackd::addr(7000).into(), Duration::from_secs(5))
+        })
+        .expect("kernel client connects to stackd");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let data = pattern(1 << 20, 42);
+    let want = checksum(&data);
+    let mut writer = stream.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in sent.chunks(16 << 10) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut reader = stream;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(1 << 20);
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    serve_until(&mut app, Duration::from_secs(30), || reader.is_finished());
+    writer.join().expect("writer");
+    let got = reader.join().unwrap().expect("read the echo to EOF");
+    assert_eq!(got.len(), data.len(), "echoed length");
+    assert_eq!(checksum(&got), want, "echoed checksum");
+    assert_eq!(app.accepted, 1);
+    // The app closed after echoing everything; give stackd a moment, then check the log
+    // has no complaints.
+    assert_eq!(app.closed, 1);
+
+    // Latency, for the report (no assertion): 64-byte ping-pong through stackd, and the
+    // kernel's own loopback inside the namespace for comparison.
+    let mut stream = stackd
+        .ns
+        .run_in(move || TcpStream::connect(Stackd::addr(7000)))
+        .expect("second connection");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let pinger = std::thread::spawn(move || ping_pong(&mut stream, 2000, 64));
+    serve_until(&mut app, Duration::from_secs(30), || pinger.is_finished());
+    let (stack_p50, stack_p99) = pinger.join().unwrap();
+
+    let (kernel_p50, kernel_p99) = stackd.ns.run_in(|| {
+        let listener = TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf).unwrap();
+            }
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        let result = ping_pong(&mut c, 2000, 64);
+        drop(c);
+        server.join().unwrap();
+        result
+    });
+    eprintln!(
+        "64 B ping-pong p50/p99: through stackd {stack_p50:?}/{stack_p99:?}; kernel loopback in the namespace {kernel_p50:?}/{kernel_p99:?} (one noisy run)"
+    );
+}
+
+#[test]
+fn a_burst_of_connections_finds_listeners() {
+    if !common::require_root("a_burst_of_connections_finds_listeners") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7001, 64);
+    // 40 connects at once, more than the 8-socket minimum pool: the pool is refilled
+    // after every SYN, so none is refused.
+    const CONNECTIONS: usize = 40;
+    let clients = std::thread::spawn({
+        let ns = stackd.ns.name.clone();
+        move || {
+            let path = format!("/run/netns/{ns}");
+            let f = std::fs::File::open(path).unwrap();
+            // SAFETY: setns on a namespace fd we opened; only this thread changes.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let handles: Vec<_> = (0..CONNECTIONS)
+                .map(|i| {
+                    let mut s = TcpStream::connect_timeout(
+                        &Stackd::addr(7001).into(),
+                        Duration::from_secs(10),
+                    )
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    std::thread::spawn(move || {
+                        let msg = format!("hello {i}");
+                        s.write_all(msg.as_bytes()).unwrap();
+                        s.shutdown(Shutdown::Write).unwrap();
+                        let mut back = String::new();
+                        s.read_to_string(&mut back).unwrap();
+                        assert_eq!(back, msg);
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        }
+    });
+    serve_until(&mut app, Duration::from_secs(30), || clients.is_finished());
+    clients.join().expect("every client got its echo");
+    assert_eq!(app.accepted, CONNECTIONS);
+}
+
+#[test]
+fn app_connects_out_through_stackd() {
+    if !common::require_root("app_connects_out_through_stackd") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    // A kernel server in the namespace that answers with the reversed request.
+    let listener = stackd
+        .ns
+        .run_in(|| TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 7100)))
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut req = [0u8; 5];
+        s.read_exact(&mut req).unwrap();
+        req.reverse();
+        s.write_all(&req).unwrap();
+        peer
+    });
+    // Refused first: nobody listens on 7101.
+    let mut connect = Msg::new(MsgKind::Connect);
+    connect.cookie = 99;
+    connect.remote = Endpoint::new(common::KERNEL_IP.octets(), 7101);
+    app.worker.send(&connect).unwrap();
+    let reply = app.expect_kind(MsgKind::Connected);
+    assert_eq!(
+        (reply.cookie, reply.session, reply.result),
+        (99, NO_SESSION, libc::ECONNREFUSED)
+    );
+
+    connect.cookie = 100;
+    connect.remote.port = 7100;
+    app.worker.send(&connect).unwrap();
+    let reply = app.expect_kind(MsgKind::Connected);
+    assert_eq!((reply.cookie, reply.result), (100, 0));
+    assert_eq!(reply.remote, connect.remote);
+    assert_eq!(reply.local.addr, common::STACK_IP.octets());
+    let id = reply.session;
+    assert_eq!(app.worker.write(id, b"hello").unwrap(), 5);
+    let _ = app.expect_kind(MsgKind::Rx);
+    let mut buf = [0u8; 16];
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 5 {
+        assert!(Instant::now() < deadline, "reply did not arrive");
+        let n = app.worker.read(id, &mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            let _ = app.worker.recv(Some(Duration::from_millis(50))).unwrap();
+        }
+    }
+    assert_eq!(got, b"olleh");
+    let peer = server.join().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(common::STACK_IP));
+    assert_eq!(peer.port(), reply.local.port);
+    // The server closed its end: DISCONNECTED, then our CLOSE.
+    let _ = app.expect_kind(MsgKind::Disconnected);
+    app.worker
+        .send(&Msg::for_session(MsgKind::Close, id))
+        .unwrap();
+}
+
+/// Runs `f` on a thread whose credentials (only that thread's: raw system calls, not
+/// glibc's process-wide setxid) are uid/gid 65534 plus `group` as supplementary group.
+fn as_nobody<T: Send + 'static>(group: Option<u32>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let groups: Vec<libc::gid_t> = group.into_iter().collect();
+        // SAFETY: raw credential system calls affecting only this thread, which ends when
+        // `f` returns; the buffer outlives the call.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        f()
+    })
+    .join()
+    .expect("unprivileged thread panicked")
+}
+
+#[test]
+fn a_peer_with_another_uid_is_refused_unless_in_the_allowed_group() {
+    if !common::require_root("a_peer_with_another_uid_is_refused_unless_in_the_allowed_group") {
+        return;
+    }
+    let stackd = Stackd::start(&["--allow-group", "4242"]);
+    let meta = std::fs::metadata(&stackd.control).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "socket mode with --allow-group"
+    );
+    // Open the socket file to everyone, so the refusal below comes from SO_PEERCRED and
+    // not from the file mode.
+    std::fs::set_permissions(&stackd.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let control = stackd.control.clone();
+    let refused = as_nobody(None, move || {
+        client::attach(&control, &AttachOptions::default()).err()
+    });
+    let err = refused.expect("uid 65534 must not attach");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+
+    let control = stackd.control.clone();
+    let allowed = as_nobody(Some(4242), move || {
+        client::attach(&control, &AttachOptions::default()).map(|(_, w)| w.index())
+    });
+    assert_eq!(allowed.expect("a member of --allow-group attaches"), 0);
+
+    // And stackd's own uid, of course.
+    let (attachment, worker) = client::attach(&stackd.control, &AttachOptions::default()).unwrap();
+    assert_eq!(worker.index(), 0);
+    assert_eq!(attachment.add_worker().unwrap().index(), 1);
+    assert!(
+        stackd.log_text().contains("refusing"),
+        "{}",
+        stackd.log_text()
+    );
+}
+
+/// Not a test on its own: the application process of `killing_the_app_*`, started by that
+/// test as a child (this binary re-run with RINGSHIM_STACKD_TEST_CHILD set).
+#[test]
+fn child_app_process() {
+    let Ok(control) = std::env::var("RINGSHIM_STACKD_TEST_CHILD") else {
+        return;
+    };
+    let mut app = EchoApp::attach(std::path::Path::new(&control)).expect("child attach");
+    app.listen(7200, 16);
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    loop {
+        app.step(Duration::from_secs(1)).expect("child step");
+    }
+}
+
+#[test]
+fn killing_the_app_resets_its_connections_and_frees_its_port() {
+    if !common::require_root("killing_the_app_resets_its_connections_and_frees_its_port") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_app_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("RINGSHIM_STACKD_TEST_CHILD", &stackd.control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the app process"),
+    );
+    common::wait_for_line(child.0.stdout.take().unwrap(), "READY");
+
+    let mut stream = stackd
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&Stackd::addr(7200).into(), Duration::from_secs(5)))
+        .expect("connect to the child app");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+
+    child.kill9();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "no bytes after the app died"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "expected a reset or EOF, got {e}"
+        ),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the peer learned it promptly"
+    );
+
+    // stackd is still serving, and the dead app's port is free again.
+    let mut app = EchoApp::attach(&stackd.control).expect("attach after the death");
+    assert_eq!(app.listen(7200, 8).1, 7200);
+    assert!(
+        stackd.log_text().contains("1 connection(s) reset"),
+        "{}",
+        stackd.log_text()
+    );
+}
+
+#[test]
+fn idle_stackd_uses_no_cpu() {
+    if !common::require_root("idle_stackd_uses_no_cpu") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7300, 16);
+    // One idle connection open, as a server would have.
+    let mut stream = stackd
+        .ns
+        .run_in(|| TcpStream::connect(Stackd::addr(7300)))
+        .unwrap();
+    stream.write_all(b"x").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).map(|_| stream)
+    });
+    serve_until(&mut app, Duration::from_secs(10), || reader.is_finished());
+    let _stream = reader.join().unwrap().unwrap();
+    // Let delayed ACKs and the like settle, then measure 2 s.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = stackd.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (stackd.cpu_ticks() - before) as f64 / ticks_per_second;
+    eprintln!("stackd CPU while idle: {:.1}% over 2 s", used / 2.0 * 100.0);
+    assert!(used / 2.0 < 0.05, "idle stackd used {used:.2} s CPU in 2 s");
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    for (args, flag) in [
+        (&["--tap", "rs0", "--ip", "198.51.100.2"][..], "--ip"),
+        (
+            &["--tap", "rs0", "--ip", "198.51.100.2/24", "--mac", "zz"][..],
+            "--mac",
+        ),
+        (&["--frobnicate"][..], "--frobnicate"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringshim-stackd"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(flag), "{err}");
+    }
+}
