@@ -1387,7 +1387,19 @@ pub fn on_thread_exit(ring: &'static Ring) {
             tv_nsec: ((left % 1000) * 1_000_000) as i64,
         };
         process(ring);
-        let _ = ring.sleep(Some(ts), None, || true);
+        // What process() just reaped may have finished the last drain: sleep only if
+        // something is still pending (nothing else would wake the sleep).
+        let _ = ring.sleep(Some(ts), None, || {
+            !ring.draining().is_empty()
+                || (0..SOCKETS.high_water()).any(|id| {
+                    SOCKETS.get(id).is_some_and(|rec| {
+                        rec.engine() == Engine::Uring
+                            && rec.io.try_lock().is_ok_and(|io| {
+                                io.owner == me && (!io.tx.is_empty() || io.send_inflight != 0)
+                            })
+                    })
+                })
+        });
         process(ring);
     }
 }
