@@ -126,6 +126,35 @@ fn echo_one_mebibyte_through_stackd_and_the_shared_fifos() {
     );
 }
 
+/// A non-blocking connect from the calling thread (which must be in the namespace).
+fn start_connect(addr: SocketAddrV4) -> TcpStream {
+    // SAFETY: plain system calls; the sockaddr_in is fully initialised and outlives the
+    // call; the new descriptor is owned by the returned TcpStream.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = addr.port().to_be();
+        sin.sin_addr.s_addr = u32::from_ne_bytes(addr.ip().octets());
+        let ret = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        assert!(
+            ret == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+            "connect: {err}"
+        );
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
+}
+
 #[test]
 fn a_burst_of_connections_finds_listeners() {
     if !common::require_root("a_burst_of_connections_finds_listeners") {
@@ -133,46 +162,129 @@ fn a_burst_of_connections_finds_listeners() {
     }
     let stackd = Stackd::start(&[]);
     let mut app = EchoApp::attach(&stackd.control).expect("attach");
-    app.listen(7001, 64);
-    // 40 connects at once, more than the 8-socket minimum pool: the pool is refilled
-    // after every SYN, so none is refused.
+    // Backlog 8: a pool of 8 listening sockets. 40 SYNs sent back to back (non-blocking
+    // connects) arrive faster than handshakes complete: stackd refills the pool after
+    // every SYN it processes, so none is answered with RST.
+    app.listen(7001, 8);
     const CONNECTIONS: usize = 40;
-    let clients = std::thread::spawn({
-        let ns = stackd.ns.name.clone();
-        move || {
-            let path = format!("/run/netns/{ns}");
-            let f = std::fs::File::open(path).unwrap();
-            // SAFETY: setns on a namespace fd we opened; only this thread changes.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-                0
-            );
-            let handles: Vec<_> = (0..CONNECTIONS)
-                .map(|i| {
-                    let mut s = TcpStream::connect_timeout(
-                        &Stackd::addr(7001).into(),
-                        Duration::from_secs(10),
-                    )
-                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    let streams: Vec<TcpStream> = stackd.ns.run_in(|| {
+        (0..CONNECTIONS)
+            .map(|_| start_connect(Stackd::addr(7001)))
+            .collect()
+    });
+    let clients = std::thread::spawn(move || {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    std::thread::spawn(move || {
-                        let msg = format!("hello {i}");
-                        s.write_all(msg.as_bytes()).unwrap();
-                        s.shutdown(Shutdown::Write).unwrap();
-                        let mut back = String::new();
-                        s.read_to_string(&mut back).unwrap();
-                        assert_eq!(back, msg);
-                    })
+                    let msg = format!("hello {i}");
+                    // A blocking write waits for the handshake (or fails if refused).
+                    s.write_all(msg.as_bytes())
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    s.shutdown(Shutdown::Write).unwrap();
+                    let mut back = String::new();
+                    s.read_to_string(&mut back).unwrap();
+                    assert_eq!(back, msg);
                 })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
         }
     });
     serve_until(&mut app, Duration::from_secs(30), || clients.is_finished());
     clients.join().expect("every client got its echo");
     assert_eq!(app.accepted, CONNECTIONS);
+}
+
+#[test]
+fn flow_control_holds_bytes_until_the_reader_drains_them() {
+    if !common::require_root("flow_control_holds_bytes_until_the_reader_drains_them") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7400, 8);
+    const LEN: usize = 2 << 20;
+    let upload = pattern(LEN, 1);
+    let download = pattern(LEN, 2);
+    let stream = stackd
+        .ns
+        .run_in(|| TcpStream::connect(Stackd::addr(7400)))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let to_send = upload.clone();
+    let writer = std::thread::spawn(move || {
+        writer.write_all(&to_send).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut reader = stream;
+    let reader = std::thread::spawn(move || {
+        // Read nothing for a while: stackd's sends must stall on the window, not fail.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+
+    let id = app.expect_kind(MsgKind::Accepted).session;
+    let worker = &app.worker;
+    let start = Instant::now();
+    let (mut sent, mut got, mut peer_finished, mut saw_full) = (0, Vec::new(), false, false);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "transfer stalled: sent {sent}, got {}",
+            got.len()
+        );
+        if let Some(msg) = worker.recv(Some(Duration::from_millis(10))).unwrap() {
+            if msg.kind() == Some(MsgKind::Disconnected) {
+                peer_finished = true;
+            }
+            assert_ne!(msg.kind(), Some(MsgKind::Reset));
+        }
+        if sent < LEN {
+            sent += worker.write(id, &download[sent..]).unwrap();
+        }
+        if start.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        let rx = worker.rx_fifo(id).unwrap();
+        saw_full |= rx.len().unwrap() == rx.capacity();
+        loop {
+            let n = worker.read(id, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if peer_finished && sent == LEN && rx.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        saw_full,
+        "the rx fifo should have filled while the app did not read"
+    );
+    worker.send(&Msg::for_session(MsgKind::Close, id)).unwrap();
+    writer.join().unwrap();
+    let downloaded = reader.join().unwrap().expect("download to EOF");
+    assert_eq!(
+        (got.len(), checksum(&got)),
+        (LEN, checksum(&upload)),
+        "upload"
+    );
+    assert_eq!(
+        (downloaded.len(), checksum(&downloaded)),
+        (LEN, checksum(&download)),
+        "download"
+    );
 }
 
 #[test]

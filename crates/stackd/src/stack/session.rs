@@ -6,7 +6,7 @@
 //! listener here is a pool of listening sockets on the same port, refilled after every
 //! received frame that changed a socket (see `poll_network`), up to `max(backlog, 8)`
 //! sockets in LISTEN (at most 64: smoltcp scans every socket for every segment), plus up to
-//! `backlog` half-open ones. A pooled socket whose handshake completes is handed to the
+//! 1024 half-open ones. A pooled socket whose handshake completes is handed to the
 //! application at once as ACCEPTED: the accept queue is the application's ring.
 //!
 //! **Data.** Each turn moves bytes from smoltcp's receive buffer into the session's rx
@@ -39,8 +39,10 @@ use crate::proto::{
 
 /// Most sockets in LISTEN per listener.
 const MAX_LISTENING_POOL: usize = 64;
-/// Most half-open (SYN-RECEIVED) connections per listener.
-const MAX_EMBRYONIC: usize = 4096;
+/// Most half-open (SYN-RECEIVED) connections per listener: the kernel's SYN queue is
+/// separate from the accept backlog too (tcp_max_syn_backlog), so the app's backlog does
+/// not bound it.
+const MAX_EMBRYONIC: usize = 1024;
 
 /// A session slot of an application's segment.
 #[derive(Default)]
@@ -329,7 +331,7 @@ impl Stack {
             reply.result = libc::EADDRINUSE;
             return self.post_to(app, worker, reply);
         };
-        let backlog = (msg.arg as usize).clamp(1, MAX_EMBRYONIC);
+        let backlog = msg.arg as usize;
         let id = self.new_listener_id();
         self.listeners.insert(
             id,
@@ -339,7 +341,7 @@ impl Stack {
                 cookie: msg.cookie,
                 endpoint: IpListenEndpoint { addr, port },
                 target_listening: backlog.clamp(8, MAX_LISTENING_POOL),
-                max_embryonic: backlog,
+                max_embryonic: MAX_EMBRYONIC,
                 nodelay: msg.flags & msg_flags::NODELAY != 0,
                 pool: Vec::new(),
             },

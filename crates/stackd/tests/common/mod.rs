@@ -74,8 +74,13 @@ impl Netns {
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         // No IPv6 chatter (router solicitations, MLD) on the TAP: smoltcp here is IPv4 only.
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        // Written from a thread inside the namespace (/proc/sys/net is the caller's
+        // namespace's); a kernel without IPv6 has no such files, which is just as good.
+        ns.run_in(|| {
+            for conf in ["default", "all"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+            }
+        });
         ns
     }
 
