@@ -334,8 +334,9 @@ pub enum MsgKind {
     TxSpace = 68,
     /// session: the peer finished sending (FIN); every byte before it is in the rx fifo.
     Disconnected = 69,
-    /// session, result = ECONNRESET or ETIMEDOUT: the connection is gone; bytes already in
-    /// the rx fifo stay readable.
+    /// session, result = ECONNRESET: the connection is gone (reset by the peer or timed
+    /// out); bytes already in the rx fifo stay readable. The slot stays the application's
+    /// until it sends CLOSE, as after every other end of a session.
     Reset = 70,
 }
 
