@@ -143,6 +143,11 @@ impl Attachment {
         self.segment.layout()
     }
 
+    /// The raw view of the segment (diagnostics, and tests that play a misbehaving app).
+    pub fn segment(&self) -> Segment {
+        self.segment
+    }
+
     /// The control connection (its closing is how stackd learns the application is gone).
     pub fn control_fd(&self) -> RawFd {
         match self.control.lock() {

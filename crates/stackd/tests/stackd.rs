@@ -488,6 +488,73 @@ fn killing_the_app_resets_its_connections_and_frees_its_port() {
 }
 
 #[test]
+fn an_app_that_corrupts_its_segment_is_detached_and_others_keep_working() {
+    if !common::require_root("an_app_that_corrupts_its_segment_is_detached_and_others_keep_working")
+    {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut bad = EchoApp::attach(&stackd.control).expect("attach the bad app");
+    let mut good = EchoApp::attach(&stackd.control).expect("attach the good app");
+    bad.listen(7500, 8);
+    good.listen(7501, 8);
+    let (mut to_bad, mut to_good) = stackd.ns.run_in(|| {
+        (
+            TcpStream::connect(Stackd::addr(7500)).unwrap(),
+            TcpStream::connect(Stackd::addr(7501)).unwrap(),
+        )
+    });
+    for s in [&to_bad, &to_good] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let accepted = bad.expect_kind(MsgKind::Accepted);
+    let good_accepted = good.expect_kind(MsgKind::Accepted);
+    good.handle(good_accepted).unwrap();
+
+    // The bad app scribbles over the head of its session's rx fifo (a field it owns as
+    // the consumer): the indices now claim more bytes than the fifo holds.
+    let segment = bad.attachment.segment();
+    let layout = *segment.layout();
+    let index = ringshim_stackd::proto::session_index(accepted.session) as u64;
+    let head_offset = layout.sessions_offset
+        + index * std::mem::size_of::<ringshim_stackd::proto::SessionShared>() as u64
+        + 64;
+    // SAFETY: the offset is inside the mapped segment (layout arithmetic: the rx fifo
+    // header's consumer line of this session); a u32 store there is what a buggy app does.
+    unsafe {
+        std::ptr::write_volatile(
+            segment.base().add(head_offset as usize).cast::<u32>(),
+            0x4000_0000,
+        )
+    };
+
+    // Data for the corrupt session makes stackd notice, detach the bad app, and reset.
+    to_bad.write_all(b"boom").unwrap();
+    let mut rest = Vec::new();
+    let result = to_bad.read_to_end(&mut rest);
+    assert!(
+        result.is_err() || rest.is_empty(),
+        "the bad app's peer gets a reset or EOF, not data: {result:?} {rest:?}"
+    );
+    // The bad app's control connection was closed by stackd.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stackd.log_text().contains("corrupt shared-memory indices") {
+        assert!(Instant::now() < deadline, "{}", stackd.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The good app is untouched.
+    to_good.write_all(b"still here").unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 10];
+        to_good.read_exact(&mut buf).map(|_| buf)
+    });
+    serve_until(&mut good, Duration::from_secs(10), || reader.is_finished());
+    assert_eq!(&reader.join().unwrap().unwrap(), b"still here");
+    drop(bad);
+}
+
+#[test]
 fn idle_stackd_uses_no_cpu() {
     if !common::require_root("idle_stackd_uses_no_cpu") {
         return;
