@@ -27,6 +27,9 @@ pub struct Config {
     /// Besides stackd's own uid, peers in this group may attach.
     pub allow_group: Option<u32>,
     pub log: LogLevel,
+    /// After activity, keep polling (TAP and rings) this long before sleeping; 0 = sleep
+    /// at once (the default: idle costs nothing).
+    pub busy_poll: std::time::Duration,
 }
 
 /// One line for the operator: which flag, which value, what would have been accepted.
@@ -42,7 +45,8 @@ impl fmt::Display for ConfigError {
 /// What `--help` prints.
 pub const USAGE: &str = "\
 usage: ringshim-stackd --tap NAME --ip A.B.C.D/NN [--gateway A.B.C.D] [--mac XX:XX:XX:XX:XX:XX]
-                       [--control PATH] [--allow-group GID] [--log error|info|debug]
+                       [--control PATH] [--allow-group GID] [--busy-poll-us N]
+                       [--log error|info|debug]
 
 Runs ringshim's user-space TCP/IP stack on a TAP device of the current network namespace and
 serves applications (the ringshim shim with RINGSHIM_BACKEND=ustack) over a unix control socket
@@ -55,6 +59,8 @@ and shared memory.
   --control PATH      control socket (default /run/ringshim/stackd.sock)
   --allow-group GID   also accept applications whose primary or supplementary group is GID
                       (default: only stackd's own uid)
+  --busy-poll-us N    after activity, poll for N microseconds (0-100000) before sleeping:
+                      fewer wake-ups under load for a core's worth of CPU (default 0: off)
   --log LEVEL         error, info (default) or debug";
 
 fn bad(flag: &str, value: &str, accepted: &str) -> ConfigError {
@@ -103,6 +109,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
     let mut control = PathBuf::from(DEFAULT_CONTROL_PATH);
     let mut allow_group = None;
     let mut log = LogLevel::Info;
+    let mut busy_poll = std::time::Duration::ZERO;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -114,10 +121,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
             return Ok(Parsed::Help);
         }
         const FLAGS: &str =
-            "one of --tap, --ip, --gateway, --mac, --control, --allow-group, --log, --help";
+            "one of --tap, --ip, --gateway, --mac, --control, --allow-group, --busy-poll-us, --log, --help";
         if !matches!(
             flag.as_str(),
-            "--tap" | "--ip" | "--gateway" | "--mac" | "--control" | "--allow-group" | "--log"
+            "--tap"
+                | "--ip"
+                | "--gateway"
+                | "--mac"
+                | "--control"
+                | "--allow-group"
+                | "--busy-poll-us"
+                | "--log"
         ) {
             return Err(ConfigError(format!(
                 "ringshim-stackd: unknown argument {arg:?}: expected {FLAGS}"
@@ -195,6 +209,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
                     ));
                 }
             }
+            "--busy-poll-us" => {
+                let us = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|us| *us <= 100_000)
+                    .ok_or_else(|| bad("--busy-poll-us", &value, "microseconds, 0-100000"))?;
+                busy_poll = std::time::Duration::from_micros(us);
+            }
             "--log" => {
                 log = match value.as_str() {
                     "error" => LogLevel::Error,
@@ -224,6 +246,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
         control,
         allow_group,
         log,
+        busy_poll,
     }))
 }
 

@@ -554,18 +554,15 @@ fn an_app_that_corrupts_its_segment_is_detached_and_others_keep_working() {
     drop(bad);
 }
 
-#[test]
-fn idle_stackd_uses_no_cpu() {
-    if !common::require_root("idle_stackd_uses_no_cpu") {
-        return;
-    }
-    let stackd = Stackd::start(&[]);
+/// Attaches, listens, opens one connection and exchanges a byte, then measures stackd's
+/// CPU time over `window` of silence; returns the fraction of one CPU used.
+fn idle_cpu_after_one_exchange(stackd: &Stackd, port: u16, window: Duration) -> f64 {
     let mut app = EchoApp::attach(&stackd.control).expect("attach");
-    app.listen(7300, 16);
+    app.listen(port, 16);
     // One idle connection open, as a server would have.
     let mut stream = stackd
         .ns
-        .run_in(|| TcpStream::connect(Stackd::addr(7300)))
+        .run_in(move || TcpStream::connect(Stackd::addr(port)))
         .unwrap();
     stream.write_all(b"x").unwrap();
     stream
@@ -577,15 +574,47 @@ fn idle_stackd_uses_no_cpu() {
     });
     serve_until(&mut app, Duration::from_secs(10), || reader.is_finished());
     let _stream = reader.join().unwrap().unwrap();
-    // Let delayed ACKs and the like settle, then measure 2 s.
+    // Let delayed ACKs and the like settle, then measure.
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let before = stackd.cpu_ticks();
-    std::thread::sleep(Duration::from_secs(2));
-    let used = (stackd.cpu_ticks() - before) as f64 / ticks_per_second;
-    eprintln!("stackd CPU while idle: {:.1}% over 2 s", used / 2.0 * 100.0);
-    assert!(used / 2.0 < 0.05, "idle stackd used {used:.2} s CPU in 2 s");
+    std::thread::sleep(window);
+    (stackd.cpu_ticks() - before) as f64 / ticks_per_second / window.as_secs_f64()
+}
+
+#[test]
+fn idle_stackd_uses_no_cpu() {
+    if !common::require_root("idle_stackd_uses_no_cpu") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let used = idle_cpu_after_one_exchange(&stackd, 7300, Duration::from_secs(2));
+    eprintln!("stackd CPU while idle: {:.1}% over 2 s", used * 100.0);
+    assert!(
+        used < 0.05,
+        "idle stackd used {:.1}% of a CPU",
+        used * 100.0
+    );
+}
+
+#[test]
+fn busy_polling_stops_when_traffic_stops() {
+    if !common::require_root("busy_polling_stops_when_traffic_stops") {
+        return;
+    }
+    // 100 ms of polling after the last activity, then sleep as usual.
+    let stackd = Stackd::start(&["--busy-poll-us", "100000"]);
+    let used = idle_cpu_after_one_exchange(&stackd, 7310, Duration::from_secs(1));
+    eprintln!(
+        "stackd CPU idle after busy-polling: {:.1}% over 1 s",
+        used * 100.0
+    );
+    assert!(
+        used < 0.05,
+        "stackd kept polling: {:.1}% of a CPU",
+        used * 100.0
+    );
 }
 
 #[test]

@@ -297,6 +297,7 @@ impl Stack {
     /// Serves until SIGTERM or SIGINT, or until the TAP device fails.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        let mut last_activity = std::time::Instant::now();
         while !self.stop {
             let mut rounds = 0;
             loop {
@@ -305,6 +306,9 @@ impl Stack {
                 progress |= self.service_sessions();
                 self.reap_closing();
                 rounds += 1;
+                if progress {
+                    last_activity = std::time::Instant::now();
+                }
                 if !progress || rounds >= MAX_ROUNDS_PER_WAKE {
                     break;
                 }
@@ -318,7 +322,11 @@ impl Stack {
                 ));
             }
 
-            let timeout = if rounds >= MAX_ROUNDS_PER_WAKE || !self.prepare_sleep() {
+            // Busy-poll (opt-in): without the sleeping flags set, applications post
+            // without writing eventfds, and the TAP is checked with a zero timeout.
+            let busy =
+                !self.config.busy_poll.is_zero() && last_activity.elapsed() < self.config.busy_poll;
+            let timeout = if busy || rounds >= MAX_ROUNDS_PER_WAKE || !self.prepare_sleep() {
                 0
             } else {
                 self.arm_timer()?;

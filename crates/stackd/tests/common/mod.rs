@@ -208,6 +208,12 @@ impl Stackd {
             .arg("--control")
             .arg(&control)
             .args(extra)
+            // For measurements, e.g. RINGSHIM_STACKD_TEST_ARGS="--busy-poll-us 50".
+            .args(
+                std::env::var("RINGSHIM_STACKD_TEST_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("create log"))
