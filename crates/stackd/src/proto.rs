@@ -26,6 +26,12 @@
 //! no system calls. A producer that finds a ring full marks itself waiting and is woken by
 //! the consumer through its own eventfd once a slot is free.
 //!
+//! For the shim: `app_wake` can sit in the application's kernel epoll set (the readiness
+//! merge). Call [`Ring::prepare_sleep`] on the worker's stack→app ring before entering
+//! `epoll_wait` and [`Ring::woke`] after it; a message that arrives in between makes the
+//! eventfd readable, so any waiter of that epoll fd wakes. Reset the eventfd (read it)
+//! before draining the ring, never after, or a wake-up can be lost.
+//!
 //! ## Data notifications
 //! `TX` (app → stack) and `RX` (stack → app) are sent only when a fifo's event flag flips
 //! from 0 to 1 ([`Fifo::producer_should_notify`]): the consumer clears the flag before it

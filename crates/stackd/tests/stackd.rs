@@ -461,6 +461,7 @@ fn killing_the_app_resets_its_connections_and_frees_its_port() {
     stream.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
 
+    assert_eq!(stackd.mapped_segments(), 1, "the app's segment is mapped");
     child.kill9();
     let started = Instant::now();
     let mut rest = Vec::new();
@@ -476,6 +477,14 @@ fn killing_the_app_resets_its_connections_and_frees_its_port() {
         started.elapsed() < Duration::from_secs(9),
         "the peer learned it promptly"
     );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stackd.mapped_segments() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead app's segment is still mapped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // stackd is still serving, and the dead app's port is free again.
     let mut app = EchoApp::attach(&stackd.control).expect("attach after the death");

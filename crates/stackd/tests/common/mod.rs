@@ -255,6 +255,15 @@ impl Stackd {
         SocketAddrV4::new(STACK_IP, port)
     }
 
+    /// How many segment mappings stackd has (one per attached application).
+    pub fn mapped_segments(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.process.pid()))
+            .expect("read /proc/PID/maps")
+            .lines()
+            .filter(|l| l.contains("memfd:ringshim-stackd-segment"))
+            .count()
+    }
+
     /// CPU time (user + system) of stackd so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()))
