@@ -646,3 +646,70 @@ fn bad_flags_exit_2_with_one_line() {
         assert!(err.contains(flag), "{err}");
     }
 }
+
+/// A measurement, not a check (run it with `--ignored --nocapture`, in release): 64 MiB
+/// from a kernel client to an app that reads and discards, through stackd; and the same
+/// over the kernel's loopback inside the namespace.
+#[test]
+#[ignore]
+fn measure_bulk_upload() {
+    if !common::require_root("measure_bulk_upload") {
+        return;
+    }
+    const LEN: usize = 64 << 20;
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7600, 8);
+    // Timed from the connect (bytes the client buffers before the accept count too).
+    let start = Instant::now();
+    let mut stream = stackd
+        .ns
+        .run_in(|| TcpStream::connect(Stackd::addr(7600)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![7u8; 256 << 10];
+        for _ in 0..LEN / chunk.len() {
+            stream.write_all(&chunk).unwrap();
+        }
+    });
+    let id = app.expect_kind(MsgKind::Accepted).session;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    while got < LEN {
+        let n = app.worker.read(id, &mut buf).unwrap();
+        got += n;
+        if n == 0 {
+            app.worker.recv(Some(Duration::from_millis(100))).unwrap();
+        }
+    }
+    let stack_time = start.elapsed();
+    writer.join().unwrap();
+
+    let kernel_time = stackd.ns.run_in(|| {
+        let listener = TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let start = Instant::now();
+        let writer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let chunk = vec![7u8; 256 << 10];
+            for _ in 0..LEN / chunk.len() {
+                s.write_all(&chunk).unwrap();
+            }
+        });
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0;
+        while got < LEN {
+            got += s.read(&mut buf).unwrap();
+        }
+        let t = start.elapsed();
+        writer.join().unwrap();
+        t
+    });
+    let gbit = |t: Duration| (LEN * 8) as f64 / t.as_secs_f64() / 1e9;
+    eprintln!(
+        "64 MiB upload: through stackd {:.2} Gbit/s ({stack_time:?}); kernel loopback in the namespace {:.2} Gbit/s",
+        gbit(stack_time),
+        gbit(kernel_time)
+    );
+}
