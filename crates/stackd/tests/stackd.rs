@@ -627,6 +627,49 @@ fn busy_polling_stops_when_traffic_stops() {
 }
 
 #[test]
+fn a_connect_nobody_answers_waits_asleep_and_can_be_cancelled() {
+    if !common::require_root("a_connect_nobody_answers_waits_asleep_and_can_be_cancelled") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    // 198.51.100.99 is in the namespace's TEST-NET-2 prefix but nobody has it: ARP goes
+    // unanswered, the SYN never leaves.
+    let mut connect = Msg::new(MsgKind::Connect);
+    connect.cookie = 5;
+    connect.remote = Endpoint::new([198, 51, 100, 99], 9);
+    app.worker.send(&connect).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = stackd.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = (stackd.cpu_ticks() - before) as f64 / ticks_per_second;
+    assert!(
+        used < 0.05,
+        "a pending connect made stackd spin: {used:.2} s CPU in 1 s"
+    );
+    assert!(app.worker.try_recv().unwrap().is_none(), "no answer yet");
+    // Cancel it by cookie (the app has no session id before CONNECTED).
+    let mut close = Msg::new(MsgKind::Close);
+    close.session = NO_SESSION;
+    close.cookie = 5;
+    app.worker.send(&close).unwrap();
+    // A connect that does succeed afterwards proves the loop is healthy, and nothing
+    // about cookie 5 ever arrives.
+    let listener = stackd
+        .ns
+        .run_in(|| TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 7700)))
+        .unwrap();
+    connect.cookie = 6;
+    connect.remote = Endpoint::new(common::KERNEL_IP.octets(), 7700);
+    app.worker.send(&connect).unwrap();
+    let reply = app.expect_kind(MsgKind::Connected);
+    assert_eq!((reply.cookie, reply.result), (6, 0));
+    drop(listener);
+}
+
+#[test]
 fn bad_flags_exit_2_with_one_line() {
     for (args, flag) in [
         (&["--tap", "rs0", "--ip", "198.51.100.2"][..], "--ip"),

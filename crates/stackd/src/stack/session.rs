@@ -95,6 +95,9 @@ pub(crate) struct Closing {
     pub(crate) deadline: StdDuration,
     /// Seen finished once; removed on the next pass (after one more transmit).
     finished: bool,
+    /// Reset at its deadline; if even the RST cannot leave (no ARP answer), it is dropped
+    /// at the next deadline.
+    reset_at_deadline: bool,
 }
 
 /// A listening port: a pool of smoltcp sockets in LISTEN (and half-open ones).
@@ -593,9 +596,25 @@ impl Stack {
         }
     }
 
-    /// Resets a socket and keeps it until the RST is out.
+    /// Resets a socket and keeps it until the RST is out. A socket that never heard from
+    /// its peer (LISTEN, SYN-SENT) or has no peer left goes at once: nobody has state to
+    /// reset, and an RST to a neighbour that never answered ARP would hold smoltcp's one
+    /// ARP request per second (interface-wide) for everyone else.
     pub(crate) fn abort_socket(&mut self, handle: SocketHandle, port: Option<u16>) {
-        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let nobody_to_tell = match socket.state() {
+            State::Listen | State::SynSent => true,
+            State::Closed => socket.remote_endpoint().is_none(),
+            _ => false,
+        };
+        if nobody_to_tell {
+            self.sockets.remove(handle);
+            if let Some(port) = port {
+                self.ports_in_use.remove(&port);
+            }
+            return;
+        }
+        socket.abort();
         self.retire(handle, port);
     }
 
@@ -605,6 +624,7 @@ impl Stack {
             port,
             deadline: self.started.elapsed() + CLOSE_TIMEOUT,
             finished: false,
+            reset_at_deadline: false,
         });
     }
 
@@ -681,7 +701,13 @@ impl Stack {
             };
             if !done {
                 if since_start >= entry.deadline {
+                    if entry.reset_at_deadline {
+                        removed.push((entry.handle, entry.port));
+                        return false;
+                    }
                     socket.abort();
+                    entry.reset_at_deadline = true;
+                    entry.deadline = since_start + StdDuration::from_secs(5);
                     progress = true;
                 }
                 return true;
