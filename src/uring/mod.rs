@@ -1364,21 +1364,10 @@ pub fn on_thread_exit(ring: &'static Ring) {
     let me = u32::from(ring.id) + 1;
     let deadline = now_ms() + u64::from(cfg().close_drain_ms);
     loop {
-        let mut pending = !ring.draining().is_empty();
-        for id in 0..SOCKETS.high_water() {
-            let Some(rec) = SOCKETS.get(id) else { continue };
-            if rec.engine() != Engine::Uring {
-                continue;
-            }
-            let Ok(mut io) = rec.io.try_lock() else {
-                continue;
-            };
-            if io.owner == me && (!io.tx.is_empty() || io.send_inflight != 0) {
-                pending = true;
-                submit_send(rec, &mut io);
-            }
-        }
-        if !pending || now_ms() >= deadline {
+        // Reap first, so a completion that just finished the last drain or send ends
+        // the loop instead of leading into a sleep nothing would wake.
+        process(ring);
+        if !submit_exit_sends(ring, me) || now_ms() >= deadline {
             break;
         }
         let left = deadline - now_ms();
@@ -1386,22 +1375,28 @@ pub fn on_thread_exit(ring: &'static Ring) {
             tv_sec: (left / 1000) as i64,
             tv_nsec: ((left % 1000) * 1_000_000) as i64,
         };
-        process(ring);
-        // What process() just reaped may have finished the last drain: sleep only if
-        // something is still pending (nothing else would wake the sleep).
-        let _ = ring.sleep(Some(ts), None, || {
-            !ring.draining().is_empty()
-                || (0..SOCKETS.high_water()).any(|id| {
-                    SOCKETS.get(id).is_some_and(|rec| {
-                        rec.engine() == Engine::Uring
-                            && rec.io.try_lock().is_ok_and(|io| {
-                                io.owner == me && (!io.tx.is_empty() || io.send_inflight != 0)
-                            })
-                    })
-                })
-        });
-        process(ring);
+        let _ = ring.sleep(Some(ts), None, || true);
     }
+}
+
+/// Resubmits the sends of every socket owned by ring `me`; whether anything (a send or
+/// a drain) is still pending on the ring.
+fn submit_exit_sends(ring: &Ring, me: u32) -> bool {
+    let mut pending = !ring.draining().is_empty();
+    for id in 0..SOCKETS.high_water() {
+        let Some(rec) = SOCKETS.get(id) else { continue };
+        if rec.engine() != Engine::Uring {
+            continue;
+        }
+        let Ok(mut io) = rec.io.try_lock() else {
+            continue;
+        };
+        if io.owner == me && (!io.tx.is_empty() || io.send_inflight != 0) {
+            pending = true;
+            submit_send(rec, &mut io);
+        }
+    }
+    pending
 }
 
 pub fn before_fork() {
