@@ -58,6 +58,8 @@ pub struct EpollRecord {
     pub fork_epoch: AtomicU32,
     /// Epoll instances with accelerated members nested inside this one.
     pub nested: AtomicU32,
+    /// How many ustack worker eventfds are members of the kernel set (`crate::ustack`).
+    pub ustack_wakes: AtomicU32,
 }
 
 pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
@@ -81,6 +83,7 @@ impl EpollRecord {
             epfd: AtomicI32::new(-1),
             fork_epoch: AtomicU32::new(0),
             nested: AtomicU32::new(0),
+            ustack_wakes: AtomicU32::new(0),
         }
     }
 
@@ -163,6 +166,7 @@ pub fn track(epfd: i32) {
     ep.bridge_signalled.store(false, Ordering::Relaxed);
     ep.epfd.store(epfd, Ordering::Relaxed);
     ep.nested.store(0, Ordering::Relaxed);
+    ep.ustack_wakes.store(0, Ordering::Relaxed);
     ep.fork_epoch.store(
         crate::uring::wait::FORK_EPOCH.load(Ordering::Relaxed),
         Ordering::Relaxed,

@@ -58,6 +58,15 @@ pub fn config() -> &'static Config {
     unsafe { &*p }
 }
 
+/// Whether the configured backend serves sockets now (ustack: once attached to stackd).
+pub fn backend_active() -> bool {
+    match config().backend {
+        Backend::Kernel => true,
+        Backend::Uring => crate::uring::available(),
+        Backend::Ustack => crate::ustack::attached(),
+    }
+}
+
 pub fn is_active() -> bool {
     STATE.load(Ordering::Acquire) == ACTIVE
 }
@@ -102,10 +111,9 @@ fn setup() -> bool {
     crate::process::capture_environment();
     let backend_ok = match config.backend {
         Backend::Uring => crate::uring::probe(config),
-        Backend::Ustack => {
-            crate::log_warn!("RINGSHIM_BACKEND=ustack: ringshim-stackd is not part of this build; sockets stay on the kernel path");
-            false
-        }
+        // Attached on first use (the first socket routed to it): a process that never
+        // talks to a non-kernel network never contacts stackd.
+        Backend::Ustack => true,
         Backend::Kernel => true,
     };
     crate::log_info!(

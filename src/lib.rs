@@ -10,7 +10,10 @@
 //! - an **accelerated engine**: the `uring` engine receives through a multishot recv
 //!   into a per-thread provided-buffer ring and queues sends that are submitted with
 //!   the thread's next wait, so a busy event loop makes one `io_uring_enter` where it
-//!   used to make an `epoll_wait`, a `read` and a `write` per request.
+//!   used to make an `epoll_wait`, a `read` and a `write` per request. The `ustack`
+//!   engine ([`ustack`]) hands the bytes to `ringshim-stackd`, a user-space TCP/IP stack
+//!   in another process, through shared-memory fifos; its wake-ups are eventfds that sit
+//!   in the application's own epoll sets.
 //!
 //! ## How a call flows
 //! Each export in [`exports`] has one shape: [`init::ensure_init`] (one atomic load;
@@ -46,6 +49,7 @@
 #[macro_use]
 pub mod log;
 pub mod balance;
+pub mod engine;
 pub mod epoll;
 pub mod errno;
 pub mod exports;
@@ -60,3 +64,4 @@ pub mod route;
 pub mod socket;
 pub mod stats;
 pub mod uring;
+pub mod ustack;

@@ -23,12 +23,33 @@ pub fn on_new_socket(fd: c_int, domain: c_int, ty: c_int) {
     }
 }
 
-/// accept4 on a tracked listener: the peer address decides the new socket's route, so
-/// the shim asks for it even when the caller passes no buffer.
+/// accept4 on a tracked listener: a listener with a stackd side takes stackd's
+/// connections first; otherwise the kernel's accept.
 ///
 /// # Safety
 /// `addr`/`len` as for accept4(2).
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    if let Some(listener) = sock::lookup(fd) {
+        if crate::ustack::io::is_listener(listener) {
+            // SAFETY: caller contract.
+            return unsafe { crate::ustack::io::accept(listener, fd, addr, len, flags) };
+        }
+    }
+    // SAFETY: caller contract.
+    unsafe { accept_kernel(fd, addr, len, flags) }
+}
+
+/// The kernel's accept4 on a tracked listener: the peer address decides the new
+/// socket's route, so the shim asks for it even when the caller passes no buffer.
+///
+/// # Safety
+/// `addr`/`len` as for accept4(2).
+pub unsafe fn accept_kernel(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut peer: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
     let mut peer_len = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
@@ -90,7 +111,7 @@ pub unsafe fn connect(
     addr: *const sockaddr,
     len: socklen_t,
 ) -> c_int {
-    if rec.engine() != sock::Engine::Kernel {
+    if rec.engine() == sock::Engine::Uring {
         // Connecting an already-connected accelerated socket: the kernel answers
         // (EISCONN), exactly as without the shim.
         // SAFETY: forwarded unchanged.
@@ -98,6 +119,19 @@ pub unsafe fn connect(
     }
     // SAFETY: `len` bounds the read; the kernel validates the rest.
     let ip = unsafe { route::sockaddr_ip(addr, len) };
+    if rec.engine() == sock::Engine::Ustack
+        || (ip.is_some_and(|ip| {
+            route::decide(crate::init::config(), ip) == route::Route::Accelerated
+        }) && crate::ustack::io::wanted()
+            // SAFETY: as above.
+            && unsafe { crate::ustack::io::endpoint_of(addr, len) }.is_some())
+    {
+        if let Some(ip) = ip {
+            errno::preserve(|| sock::route_by_address(rec, fd, ip, "connecting to"));
+        }
+        // SAFETY: caller contract.
+        return errno::ret(unsafe { crate::ustack::io::connect(rec, fd, addr, len) });
+    }
     // SAFETY: forwarded unchanged.
     let r = unsafe { real::connect(fd, addr, len) };
     let err = errno::get();

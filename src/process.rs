@@ -45,6 +45,7 @@ extern "C" fn child_after_fork() {
     if crate::init::is_active() {
         crate::init::in_shim(|| {
             crate::uring::after_fork_child();
+            crate::ustack::after_fork_child();
             crate::balance::after_fork_child();
             crate::stats::forget_after_fork();
         });

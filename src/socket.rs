@@ -19,6 +19,8 @@ use std::sync::Mutex;
 pub enum Engine {
     Kernel = 0,
     Uring = 1,
+    /// Carried by ringshim-stackd (`crate::ustack`); the fd is a placeholder.
+    Ustack = 2,
 }
 
 /// Up to this many fds may alias one accelerated socket; more dups demote it.
@@ -88,10 +90,10 @@ impl SocketRecord {
 
     #[inline]
     pub fn engine(&self) -> Engine {
-        if self.engine.load(Ordering::Acquire) == Engine::Uring as u8 {
-            Engine::Uring
-        } else {
-            Engine::Kernel
+        match self.engine.load(Ordering::Acquire) {
+            1 => Engine::Uring,
+            2 => Engine::Ustack,
+            _ => Engine::Kernel,
         }
     }
 
@@ -218,7 +220,8 @@ pub fn alias(oldfd: i32, newfd: i32) {
         fdtable::claim(newfd, Entry::Socket(id));
     } else {
         // Too many aliases to follow: the socket goes to the kernel for good, and the
-        // extra fd is simply not tracked.
+        // extra fd is simply not tracked. (A ustack session cannot move to the kernel:
+        // the extra alias is untracked and reaches only the placeholder.)
         crate::uring::demote(rec, "too many dup aliases");
     }
 }
@@ -249,8 +252,14 @@ fn release_entry(fd: i32, e: Entry, app_close: bool) {
                     (io.watchers, io.nwatchers)
                 };
                 crate::epoll::forget_socket(fd, id, &watchers[..n]);
-                let draining =
-                    rec.engine() != Engine::Kernel && crate::uring::on_last_close(rec, app_close);
+                let draining = match rec.engine() {
+                    Engine::Kernel => false,
+                    Engine::Uring => crate::uring::on_last_close(rec, app_close),
+                    Engine::Ustack => {
+                        crate::ustack::io::on_last_close(rec, fd);
+                        false
+                    }
+                };
                 if !draining {
                     rec.engine.store(Engine::Kernel as u8, Ordering::Release);
                     SOCKETS.release(id);
@@ -272,6 +281,9 @@ pub fn route_by_address(rec: &SocketRecord, fd: i32, ip: IpAddr128, why: &str) {
             match cfg.backend {
                 ringshim_common::config::Backend::Kernel => Route::Accelerated,
                 ringshim_common::config::Backend::Uring if crate::uring::available() => {
+                    Route::Accelerated
+                }
+                ringshim_common::config::Backend::Ustack if crate::ustack::available() => {
                     Route::Accelerated
                 }
                 _ => {

@@ -142,8 +142,7 @@ fn publish_now() {
     }
     let cfg = crate::init::config();
     if cfg.stats {
-        let active =
-            cfg.backend == ringshim_common::config::Backend::Kernel || crate::uring::available();
+        let active = crate::init::backend_active();
         crate::init::in_shim(|| publish(&cfg.stats_dir, cfg.backend.name(), active));
     }
 }

@@ -4,7 +4,6 @@ use crate::errno;
 use crate::init::ensure_init;
 use crate::real;
 use crate::socket as sock;
-use crate::uring;
 use core::ffi::{c_int, c_ulong};
 use core::sync::atomic::Ordering;
 
@@ -50,7 +49,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: usize) -> c_int
         if let Some(rec) = sock::lookup(fd) {
             if rec.engine() != sock::Engine::Kernel {
                 // SAFETY: `arg` is the caller's pointer for the request.
-                if let Some(r) = unsafe { uring::ioctl(rec, fd, request, arg) } {
+                if let Some(r) = unsafe { crate::engine::ioctl(rec, fd, request, arg) } {
                     return errno::ret(r);
                 }
             }

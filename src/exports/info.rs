@@ -19,10 +19,7 @@ pub extern "C" fn ringshim_backend_available() -> c_int {
     if !crate::init::is_active() {
         return 0;
     }
-    let cfg = crate::init::config();
-    c_int::from(
-        cfg.backend == ringshim_common::config::Backend::Kernel || crate::uring::available(),
-    )
+    c_int::from(crate::init::backend_active())
 }
 
 /// # Safety

@@ -39,7 +39,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
     // read() of nothing returns at once in the kernel, without looking at the socket.
     if count > 0 && ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, count), 0));
+            return errno::ret_isize(crate::engine::recv(rec, fd, &one_iov(buf, count), 0));
         }
     }
     // A loop thread's queued ring work must not wait behind a call the shim does not
@@ -58,7 +58,7 @@ pub unsafe extern "C" fn __read_chk(
 ) -> ssize_t {
     if count > 0 && count <= buflen && ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, count), 0));
+            return errno::ret_isize(crate::engine::recv(rec, fd, &one_iov(buf, count), 0));
         }
     }
     // SAFETY: forwarded unchanged (the real one aborts on overflow, as it must).
@@ -75,7 +75,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
                 if v.iter().all(|x| x.iov_len == 0) {
                     Ok(0)
                 } else {
-                    uring::recv(rec, fd, v, 0)
+                    crate::engine::recv(rec, fd, v, 0)
                 }
             });
             return errno::ret_isize(r);
@@ -92,7 +92,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::send(rec, fd, &one_iov(buf, count), 0));
+            return errno::ret_isize(crate::engine::send(rec, fd, &one_iov(buf, count), 0));
         }
     }
     // A loop thread's queued ring work must not wait behind a call the shim does not
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
             // SAFETY: caller contract of writev.
-            let r = unsafe { iovecs(iov, cnt) }.and_then(|v| uring::send(rec, fd, v, 0));
+            let r = unsafe { iovecs(iov, cnt) }.and_then(|v| crate::engine::send(rec, fd, v, 0));
             return errno::ret_isize(r);
         }
     }
@@ -122,7 +122,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, len), flags));
+            return errno::ret_isize(crate::engine::recv(rec, fd, &one_iov(buf, len), flags));
         }
     }
     // A loop thread's queued ring work must not wait behind a call the shim does not
@@ -142,7 +142,7 @@ pub unsafe extern "C" fn __recv_chk(
 ) -> ssize_t {
     if len <= buflen && ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::recv(rec, fd, &one_iov(buf, len), flags));
+            return errno::ret_isize(crate::engine::recv(rec, fd, &one_iov(buf, len), flags));
         }
     }
     // SAFETY: forwarded unchanged.
@@ -171,7 +171,7 @@ pub unsafe extern "C" fn recvfrom(
 ) -> ssize_t {
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            let r = uring::recv(rec, fd, &one_iov(buf, len), flags);
+            let r = crate::engine::recv(rec, fd, &one_iov(buf, len), flags);
             if r.is_ok() {
                 // SAFETY: caller contract of recvfrom.
                 unsafe { clear_source_address(addr, alen) };
@@ -195,7 +195,7 @@ pub unsafe extern "C" fn __recvfrom_chk(
 ) -> ssize_t {
     if len <= buflen && ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            let r = uring::recv(rec, fd, &one_iov(buf, len), flags);
+            let r = crate::engine::recv(rec, fd, &one_iov(buf, len), flags);
             if r.is_ok() {
                 // SAFETY: caller contract of recvfrom.
                 unsafe { clear_source_address(addr, alen) };
@@ -224,7 +224,7 @@ unsafe fn recvmsg_accel(
     let m = unsafe { &mut *msg };
     // SAFETY: the msghdr's iovec array, validated like readv's.
     let iov = unsafe { iovecs(m.msg_iov, m.msg_iovlen as c_int) }?;
-    let n = uring::recv(rec, fd, iov, flags)?;
+    let n = crate::engine::recv(rec, fd, iov, flags)?;
     m.msg_namelen = 0;
     m.msg_controllen = 0;
     m.msg_flags = 0;
@@ -294,7 +294,7 @@ pub unsafe extern "C" fn recvmmsg(
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
-            return errno::ret_isize(uring::send(rec, fd, &one_iov(buf, len), flags));
+            return errno::ret_isize(crate::engine::send(rec, fd, &one_iov(buf, len), flags));
         }
     }
     // A loop thread's queued ring work must not wait behind a call the shim does not
@@ -316,7 +316,7 @@ pub unsafe extern "C" fn sendto(
     if ensure_init() {
         if let Some(rec) = data_socket(fd) {
             // A connected TCP socket ignores the destination, as the kernel does.
-            return errno::ret_isize(uring::send(rec, fd, &one_iov(buf, len), flags));
+            return errno::ret_isize(crate::engine::send(rec, fd, &one_iov(buf, len), flags));
         }
     }
     // SAFETY: forwarded unchanged.
@@ -332,7 +332,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
             if m.msg_controllen == 0 {
                 // SAFETY: the msghdr's iovecs.
                 let r = unsafe { iovecs(m.msg_iov, m.msg_iovlen as c_int) }
-                    .and_then(|v| uring::send(rec, fd, v, flags));
+                    .and_then(|v| crate::engine::send(rec, fd, v, flags));
                 return errno::ret_isize(r);
             }
             // Ancillary data (SCM_RIGHTS...) is beyond the ring path: hand the socket
@@ -359,7 +359,7 @@ pub unsafe extern "C" fn sendmmsg(
                 let m = unsafe { &mut *msgs.add(done as usize) };
                 // SAFETY: the msghdr's iovecs.
                 let r = unsafe { iovecs(m.msg_hdr.msg_iov, m.msg_hdr.msg_iovlen as c_int) }
-                    .and_then(|v| uring::send(rec, fd, v, flags));
+                    .and_then(|v| crate::engine::send(rec, fd, v, flags));
                 match r {
                     Ok(n) => {
                         m.msg_len = n as c_uint;
@@ -408,6 +408,11 @@ fn sendfile_common(
     count: size_t,
 ) -> Option<ssize_t> {
     let rec = data_socket(out_fd)?;
+    if rec.engine() == crate::socket::Engine::Ustack {
+        // SAFETY: `offset` comes from the caller of sendfile, with its contract.
+        let r = unsafe { crate::engine::sendfile_ustack(rec, out_fd, in_fd, offset, count) };
+        return Some(errno::ret_isize(r));
+    }
     // SAFETY: `offset` comes from the caller of sendfile, with its contract.
     if let Some(r) = unsafe { uring::sendfile_queued(rec, in_fd, offset, count) } {
         return Some(errno::ret_isize(r));
@@ -467,6 +472,14 @@ pub unsafe extern "C" fn splice(
     flags: c_uint,
 ) -> ssize_t {
     if ensure_init() {
+        if [fd_in, fd_out].iter().any(|&fd| {
+            crate::socket::accelerated(fd)
+                .is_some_and(|r| r.engine() == crate::socket::Engine::Ustack)
+        }) {
+            // The kernel cannot reach a stackd session's bytes.
+            errno::set(libc::EINVAL);
+            return -1;
+        }
         flush_before_kernel_write(fd_out);
         if let Some(rec) = data_socket(fd_in) {
             // Reading a ring socket through a pipe: the kernel cannot see bytes the

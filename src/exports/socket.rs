@@ -64,7 +64,10 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
         if let Some(rec) = sock::lookup(fd) {
             rec.listening
                 .store(true, core::sync::atomic::Ordering::Relaxed);
-            errno::preserve(|| crate::balance::on_listen(rec, fd));
+            errno::preserve(|| {
+                crate::balance::on_listen(rec, fd);
+                crate::ustack::io::on_listen(rec, fd, backlog);
+            });
         }
     }
     r
@@ -112,7 +115,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     if ensure_init() {
         if let Some(rec) = sock::accelerated(fd) {
-            return errno::ret(crate::uring::shutdown(rec, fd, how));
+            return errno::ret(crate::engine::shutdown(rec, fd, how));
         }
     }
     // SAFETY: forwarded unchanged.
@@ -138,12 +141,28 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if ensure_init() {
+        if let Some(rec) = sock::accelerated(fd) {
+            // SAFETY: the caller's buffers, written within *len.
+            if let Some(r) = unsafe { crate::ustack::io::name(rec, false, addr, len) } {
+                return errno::ret(r);
+            }
+        }
+    }
     // SAFETY: forwarded unchanged; the kernel socket is the truth for its addresses.
     unsafe { real::getsockname(fd, addr, len) }
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if ensure_init() {
+        if let Some(rec) = sock::accelerated(fd) {
+            // SAFETY: the caller's buffers, written within *len.
+            if let Some(r) = unsafe { crate::ustack::io::name(rec, true, addr, len) } {
+                return errno::ret(r);
+            }
+        }
+    }
     // SAFETY: forwarded unchanged.
     unsafe { real::getpeername(fd, addr, len) }
 }
@@ -159,7 +178,9 @@ pub unsafe extern "C" fn getsockopt(
     if ensure_init() {
         if let Some(rec) = sock::accelerated(fd) {
             // SAFETY: caller's buffers, written only within *len.
-            return errno::ret(unsafe { crate::uring::getsockopt(rec, fd, level, name, val, len) });
+            return errno::ret(unsafe {
+                crate::engine::getsockopt(rec, fd, level, name, val, len)
+            });
         }
     }
     // SAFETY: forwarded unchanged.
@@ -177,7 +198,7 @@ pub unsafe extern "C" fn setsockopt(
     if ensure_init() {
         if let Some(rec) = sock::accelerated(fd) {
             // SAFETY: the caller's option buffer of `len` bytes (read only if an int).
-            unsafe { crate::uring::before_setsockopt(rec, level, name, val, len) };
+            unsafe { crate::engine::before_setsockopt(rec, level, name, val, len) };
         }
     }
     // SAFETY: forwarded unchanged: the kernel socket holds every option.

@@ -97,6 +97,9 @@ pub struct SockIo {
     pub nwatchers: usize,
     /// Threads blocked on this socket outside its owner ring (futex on the record).
     pub waiters: u32,
+    /// The ustack engine's state of this socket (inactive on every other engine). It
+    /// lives here so the merged readiness and its watcher lists serve both engines.
+    pub us: crate::ustack::UsSock,
 }
 
 // SAFETY: the raw pointers in `send_msg`/`send_iov` point into this same value (a
@@ -144,6 +147,7 @@ impl SockIo {
             watchers: [(0, 0); MAX_WATCHERS],
             nwatchers: 0,
             waiters: 0,
+            us: crate::ustack::UsSock::new(),
         }
     }
 
@@ -153,9 +157,12 @@ impl SockIo {
         let watchers_cleared = SockIo::new();
         let rx = core::mem::take(&mut self.rx);
         let tx = core::mem::take(&mut self.tx);
+        let mut us = core::mem::take(&mut self.us);
+        us.clear();
         *self = watchers_cleared;
         self.rx = rx;
         self.tx = tx;
+        self.us = us;
     }
 
     fn owner_ring(&self) -> Option<&'static Ring> {
@@ -172,6 +179,9 @@ impl SockIo {
 
     /// The kernel-equivalent readiness (EPOLL* bits) of this socket.
     pub fn events(&self, send_cap: usize) -> u32 {
+        if self.us.active() {
+            return crate::ustack::events_of(&self.us);
+        }
         let mut ev = 0u32;
         if !self.rx.is_empty() || self.eof || self.rx_error != 0 {
             ev |= (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
@@ -197,7 +207,8 @@ impl SockIo {
 
     /// No byte, receive or send of this socket is held by the shim or a ring.
     pub fn holds_nothing(&self) -> bool {
-        self.rx.is_empty()
+        !self.us.active()
+            && self.rx.is_empty()
             && !self.recv_armed
             && self.tx.is_empty()
             && self.send_inflight == 0
@@ -359,6 +370,10 @@ fn wake_waiters(rec: &SocketRecord) {
 /// Arms the socket's receive if it should be armed, on its owner ring (taking
 /// ownership when nothing of it is in flight elsewhere).
 fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
+    if io.us.active() {
+        // stackd pushes bytes into the session's fifo: nothing to arm.
+        return;
+    }
     if io.recv_armed || io.eof || io.rx_error != 0 || io.detached || io.closing || io.dead {
         return;
     }
@@ -787,7 +802,7 @@ pub fn submit_pending() {
 
 /// Raises SIGPIPE for the calling thread, as the kernel does for a send on a closed
 /// connection without MSG_NOSIGNAL.
-fn sigpipe(flags: c_int) {
+pub(crate) fn sigpipe(flags: c_int) {
     if flags & libc::MSG_NOSIGNAL == 0 {
         // SAFETY: signalling the calling thread.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
@@ -883,7 +898,7 @@ fn block_until(
 }
 
 /// SO_RCVTIMEO / SO_SNDTIMEO of the socket, in ms (None: wait forever).
-fn socket_timeout(fd: c_int, opt: c_int) -> Option<u64> {
+pub(crate) fn socket_timeout(fd: c_int, opt: c_int) -> Option<u64> {
     let mut tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,

@@ -253,6 +253,10 @@ pub fn mine() -> Option<&'static Ring> {
     if BUSY.with(|b| b.get()) {
         return None;
     }
+    if !super::available() {
+        // Not the uring backend (ustack waits on its eventfds), or io_uring failed.
+        return None;
+    }
     if CREATE_FAILED.with(|c| c.get()) {
         return None;
     }

@@ -112,6 +112,24 @@ fn drain_bridge(ep: &EpollRecord) {
     }
 }
 
+/// Every ustack worker's eventfd is a member of this instance's kernel set (workers are
+/// added as application threads first send; checked at each merged wait).
+fn ensure_ustack_wakes(ep: &EpollRecord) {
+    let have = ep.ustack_wakes.load(Ordering::Acquire);
+    if have == 0 && ep.accelerated.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let now = crate::ustack::worker_count();
+    if now > have
+        && ep
+            .ustack_wakes
+            .compare_exchange(have, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        crate::ustack::register_wake_fds(ep.epfd.load(Ordering::Relaxed), have);
+    }
+}
+
 /// A socket watched by epoll `ep` in `slot` may have changed readiness.
 pub fn mark_ready(ep_id: u32, slot: u32) {
     let Some(ep) = EPOLLS.get(ep_id) else { return };
@@ -244,6 +262,15 @@ pub unsafe fn epoll_ctl(
             return Err(errno::last());
         }
     }
+    if crate::ustack::io::is_listener(rec) {
+        // A listener with a stackd side: the kernel set reports the kernel's
+        // connections, the shim's registration below stackd's.
+        // SAFETY: the caller's event, forwarded.
+        let r = unsafe { real::epoll_ctl(ep.epfd.load(Ordering::Relaxed), op, fd, event) };
+        if r != 0 {
+            return Err(errno::last());
+        }
+    }
     const EXCLUSIVE_OK: u32 = (libc::EPOLLIN
         | libc::EPOLLOUT
         | libc::EPOLLRDNORM
@@ -289,6 +316,9 @@ pub unsafe fn epoll_ctl(
                 slot as u32
             };
             ensure_bridge(ep);
+            if rec.engine() == crate::socket::Engine::Ustack {
+                ensure_ustack_wakes(ep);
+            }
             // The receive is armed by the thread that harvests this registration (its
             // waiter), not here: only a waiting thread reaps its ring.
             let added = rec.lock_io().add_watcher(ep_id, slot);
@@ -531,8 +561,13 @@ unsafe fn harvest_kernel(
     for k in 0..r as usize {
         // SAFETY: the kernel wrote `r` entries.
         let e = unsafe { events.add(k).read() };
-        if e.u64 == BRIDGE_TAG {
-            bridge = true;
+        if e.u64 == BRIDGE_TAG || e.u64 == crate::ustack::WAKE_TAG {
+            bridge |= e.u64 == BRIDGE_TAG;
+            if e.u64 == crate::ustack::WAKE_TAG {
+                crate::ustack::woken();
+                crate::ustack::pump();
+                bridge = true;
+            }
             continue;
         }
         // SAFETY: kept <= k < r.
@@ -725,6 +760,13 @@ pub unsafe fn epoll_wait_kernel(
                 bridge = true;
                 continue;
             }
+            if e.u64 == crate::ustack::WAKE_TAG {
+                // stackd posted: run its messages, then look at the ready list again.
+                crate::ustack::woken();
+                crate::ustack::pump();
+                bridge = true;
+                continue;
+            }
             // SAFETY: kept <= k.
             unsafe { events.add(kept).write(e) };
             kept += 1;
@@ -764,7 +806,9 @@ unsafe fn epoll_wait_without_ring(
     sigmask: *const sigset_t,
 ) -> Result<c_int, Errno> {
     ensure_bridge(ep);
+    ensure_ustack_wakes(ep);
     loop {
+        crate::ustack::pump();
         // SAFETY: room for max.
         let n = unsafe { harvest(ep, events, max) };
         if n > 0 {
@@ -778,7 +822,7 @@ unsafe fn epoll_wait_without_ring(
             }),
         };
         ep.sleepers.fetch_add(1, Ordering::SeqCst);
-        if !ep.lock().ready.is_empty() {
+        if !ep.lock().ready.is_empty() || !crate::ustack::prepare_sleep() {
             ep.sleepers.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
@@ -794,6 +838,13 @@ unsafe fn epoll_wait_without_ring(
             // SAFETY: the kernel wrote r entries.
             let e = unsafe { events.add(k).read() };
             if e.u64 == BRIDGE_TAG {
+                bridge = true;
+                continue;
+            }
+            if e.u64 == crate::ustack::WAKE_TAG {
+                // stackd posted: run its messages, then look at the ready list again.
+                crate::ustack::woken();
+                crate::ustack::pump();
                 bridge = true;
                 continue;
             }
@@ -890,6 +941,7 @@ pub unsafe fn poll(
             process(r);
             refresh_exposed();
         }
+        crate::ustack::pump();
         // Which accelerated members the shim must answer for: those whose bytes or
         // operations it holds. A socket the shim holds nothing of is polled in the
         // kernel, exactly; poll() never arms receives (it cannot own them: the thread
@@ -910,7 +962,9 @@ pub unsafe fn poll(
                 *a = None;
                 continue;
             }
-            *shim = holds;
+            // A listener with a stackd side is polled in the kernel too (its loopback
+            // peers); stackd's connections are added below.
+            *shim = holds && !crate::ustack::io::is_listener(rec);
             if holds {
                 let owner = rec.lock_io().owner;
                 if let Some(me) = me.filter(|&m| m != owner) {
@@ -941,6 +995,18 @@ pub unsafe fn poll(
                 return Err(Errno(err));
             }
             count += r;
+            for (p, a) in set.iter_mut().zip(accel.iter()) {
+                let Some(rec) = a else { continue };
+                if p.events & libc::POLLIN != 0 && crate::ustack::io::is_listener(rec) {
+                    let waiting = !rec.lock_io().us.accept_queue.is_empty();
+                    if waiting && p.revents == 0 {
+                        count += 1;
+                    }
+                    if waiting {
+                        p.revents |= libc::POLLIN;
+                    }
+                }
+            }
         }
         for ((p, a), s) in set.iter_mut().zip(accel.iter()).zip(served.iter()) {
             let Some(rec) = a else { continue };
@@ -1003,6 +1069,58 @@ pub unsafe fn poll(
                     );
                 }
                 res?;
+            }
+            None if crate::init::config().backend == ringshim_common::config::Backend::Ustack => {
+                // The kernel members and the ustack workers' eventfds in one sleep.
+                let mut all: Vec<pollfd> = set
+                    .iter()
+                    .zip(served.iter())
+                    .map(|(p, s)| pollfd {
+                        fd: if *s { -1 } else { p.fd },
+                        events: p.events,
+                        revents: 0,
+                    })
+                    .collect();
+                let first_wake = all.len();
+                let mut wake = [-1; 64];
+                let n_wake = crate::ustack::wake_fds(&mut wake);
+                all.extend(wake[..n_wake].iter().map(|&fd| pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }));
+                let blocked = crate::ustack::enter_blocked();
+                all.push(pollfd {
+                    fd: blocked.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                let now_ready =
+                    set.iter()
+                        .zip(accel.iter())
+                        .zip(served.iter())
+                        .any(|((p, a), s)| {
+                            *s && a.is_some_and(|rec| {
+                                let want = (p.events as u16 as u32)
+                                    | (libc::POLLERR | libc::POLLHUP) as u32;
+                                rec.lock_io().events(cap) & want != 0
+                            })
+                        });
+                if !crate::ustack::prepare_sleep() || now_ready {
+                    continue;
+                }
+                let left_ts = left
+                    .as_ref()
+                    .map_or(core::ptr::null(), |t| t as *const timespec);
+                // SAFETY: our own array; the caller's timeout and mask.
+                let r =
+                    unsafe { real::ppoll(all.as_mut_ptr(), all.len() as nfds_t, left_ts, sigmask) };
+                let err = errno::get();
+                drop(blocked);
+                if r < 0 && err == libc::EINTR {
+                    return Err(Errno(err));
+                }
+                crate::ustack::woken_by(&all[first_wake..first_wake + n_wake]);
             }
             None => {
                 // No ring on this thread: sleep in slices so other threads' completions

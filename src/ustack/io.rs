@@ -1,0 +1,968 @@
+//! The socket calls of ustack sockets: connect, listen and accept, the data path through
+//! the session fifos, shutdown and close, addresses and options.
+//!
+//! Every call answers as the kernel would for the same sequence (return value and errno),
+//! from the session state the messages keep up to date ([`super::on_message`]). Blocking
+//! calls sleep on the workers' eventfds ([`block_until`]), honouring SO_RCVTIMEO and
+//! SO_SNDTIMEO.
+
+use super::session::{Pending, Phase};
+use super::{fifos, post, pump};
+use crate::errno::Errno;
+use crate::real;
+use crate::socket::{Engine, SocketRecord};
+use crate::stats;
+use crate::uring::SockIo;
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::Ordering;
+use libc::{sockaddr, socklen_t};
+use ringshim_common::stats::Counter;
+use ringshim_stackd::proto::{self, Endpoint, Msg, MsgKind, NO_SESSION};
+
+/// Bound on waiting for stackd's answer to LISTEN.
+const BIND_WAIT_MS: u64 = 2000;
+
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The IPv4 endpoint of an AF_INET sockaddr, or of a v4-mapped AF_INET6 one (stackd
+/// speaks IPv4 only).
+///
+/// # Safety
+/// `addr` null or readable for `len` bytes.
+pub unsafe fn endpoint_of(addr: *const sockaddr, len: socklen_t) -> Option<Endpoint> {
+    if addr.is_null() || (len as usize) < core::mem::size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: the family field is readable (checked above).
+    let family = unsafe { core::ptr::read_unaligned(addr.cast::<libc::sa_family_t>()) };
+    match i32::from(family) {
+        libc::AF_INET if len as usize >= core::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: length checked.
+            let sin = unsafe { core::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>()) };
+            Some(Endpoint::new(
+                sin.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 if len as usize >= core::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: length checked.
+            let sin6 = unsafe { core::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>()) };
+            let b = sin6.sin6_addr.s6_addr;
+            (b[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
+                .then(|| Endpoint::new([b[12], b[13], b[14], b[15]], u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `ep` as the socket's family would show it; returns the full length.
+fn write_sockaddr(family: i32, ep: &Endpoint, out: &mut libc::sockaddr_storage) -> socklen_t {
+    if family == libc::AF_INET6 {
+        // SAFETY: all-zero sockaddr_in6 is valid.
+        let mut sin6: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = ep.port.to_be();
+        let mut b = [0u8; 16];
+        b[10] = 0xff;
+        b[11] = 0xff;
+        b[12..].copy_from_slice(&ep.addr);
+        sin6.sin6_addr.s6_addr = b;
+        // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
+        unsafe { core::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin6) };
+        core::mem::size_of::<libc::sockaddr_in6>() as socklen_t
+    } else {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: ep.port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ep.addr),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: as above.
+        unsafe { core::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin) };
+        core::mem::size_of::<libc::sockaddr_in>() as socklen_t
+    }
+}
+
+/// Copies an address out as the kernel does: truncated to the caller's length, with the
+/// full length reported.
+///
+/// # Safety
+/// `addr`/`len` null or as for getsockname(2).
+unsafe fn copy_out(
+    family: i32,
+    ep: &Endpoint,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> Result<(), Errno> {
+    if addr.is_null() || len.is_null() {
+        return Ok(());
+    }
+    // SAFETY: all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let full = write_sockaddr(family, ep, &mut ss);
+    // SAFETY: the caller promised `*len` writable bytes at `addr`.
+    unsafe {
+        let n = (*len).min(full) as usize;
+        core::ptr::copy_nonoverlapping(
+            (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+            addr.cast::<u8>(),
+            n,
+        );
+        *len = full;
+    }
+    Ok(())
+}
+
+/// Whether a socket connecting to or accepted from `ep`'s address goes to stackd.
+pub fn wanted() -> bool {
+    crate::init::config().backend == ringshim_common::config::Backend::Ustack && super::available()
+}
+
+/// Moves `rec` onto the ustack engine (its epoll registrations move into the shim).
+fn adopt(rec: &'static SocketRecord, fd: c_int) {
+    rec.engine.store(Engine::Ustack as u8, Ordering::Release);
+    stats::bump(Counter::SocketsOnUstack);
+    crate::uring::wait::adopt_kernel_registrations(rec, fd);
+}
+
+/// Sleeps until `ready` holds for the socket (or `extra_fd` is readable), the deadline
+/// passes (EAGAIN, as SO_RCVTIMEO/SO_SNDTIMEO report it) or a signal arrives (EINTR).
+fn block_until(
+    rec: &SocketRecord,
+    deadline_ms: Option<u64>,
+    extra_fd: c_int,
+    ready: impl Fn(&SockIo) -> bool,
+) -> Result<(), Errno> {
+    loop {
+        pump();
+        if ready(&rec.lock_io()) {
+            return Ok(());
+        }
+        let mut wake = [-1; 65];
+        let n = super::wake_fds(&mut wake[..64]);
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }; 66];
+        for (p, &fd) in fds.iter_mut().zip(wake[..n].iter()) {
+            p.fd = fd;
+        }
+        let mut count = n;
+        if extra_fd >= 0 {
+            fds[count].fd = extra_fd;
+            count += 1;
+        }
+        let private = count;
+        let ms = match deadline_ms {
+            None => -1,
+            Some(d) => {
+                let now = now_ms();
+                if now >= d {
+                    return Err(Errno(libc::EAGAIN));
+                }
+                (d - now).min(i32::MAX as u64) as c_int
+            }
+        };
+        // Counted as blocked before the last look: a thread that handles this socket's
+        // message after it either is seen here or sees the count and re-signals.
+        let blocked = super::enter_blocked();
+        fds[private].fd = blocked.fd();
+        count += 1;
+        if !super::prepare_sleep() || ready(&rec.lock_io()) {
+            continue;
+        }
+        // SAFETY: our own pollfd array of `count` entries.
+        let r = unsafe { real::poll(fds.as_mut_ptr(), count as libc::nfds_t, ms) };
+        let err = crate::errno::get();
+        drop(blocked);
+        if r < 0 && err == libc::EINTR {
+            return Err(Errno(libc::EINTR));
+        }
+        super::woken_by(&fds[..n]);
+        if extra_fd >= 0 && fds[n].revents != 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn timeout_deadline(fd: c_int, opt: c_int) -> Option<u64> {
+    crate::uring::socket_timeout(fd, opt).map(|ms| now_ms() + ms)
+}
+
+/// connect() of a socket routed to stackd.
+///
+/// # Safety
+/// `addr`/`len` as for connect(2).
+pub unsafe fn connect(
+    rec: &'static SocketRecord,
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> Result<c_int, Errno> {
+    // SAFETY: caller contract.
+    let Some(remote) = (unsafe { endpoint_of(addr, len) }) else {
+        return Err(Errno(libc::EAFNOSUPPORT));
+    };
+    let nonblocking = rec.nonblocking.load(Ordering::Relaxed);
+    let cookie = super::cookie_of(rec);
+    {
+        let mut io = rec.lock_io();
+        match io.us.phase {
+            Phase::Connecting => return Err(Errno(libc::EALREADY)),
+            Phase::Connected | Phase::Orphaned => return Err(Errno(libc::EISCONN)),
+            Phase::Listening => return Err(Errno(libc::EISCONN)),
+            Phase::None | Phase::Failed => {}
+        }
+        io.us.clear();
+        io.us.phase = Phase::Connecting;
+        io.us.cookie = cookie;
+        io.us.remote = remote;
+    }
+    // A port the application bound explicitly is kept (an address, too, when it is
+    // stackd's own; stackd refuses any other with EADDRNOTAVAIL).
+    let local = local_of_kernel_socket(fd).unwrap_or_default();
+    let mut m = Msg::new(MsgKind::Connect);
+    m.cookie = cookie;
+    m.remote = remote;
+    m.local = local;
+    if rec.engine() != Engine::Ustack {
+        adopt(rec, fd);
+    }
+    stats::bump(Counter::Connects);
+    if let Err(e) = post(&m) {
+        let mut io = rec.lock_io();
+        io.us.phase = Phase::Failed;
+        return Err(e);
+    }
+    if nonblocking {
+        return Err(Errno(libc::EINPROGRESS));
+    }
+    block_until(rec, None, -1, |io| io.us.phase != Phase::Connecting)?;
+    let mut io = rec.lock_io();
+    match io.us.phase {
+        Phase::Connected => Ok(0),
+        _ => {
+            let e = io.us.take_error();
+            Err(Errno(if e != 0 { e } else { libc::ECONNREFUSED }))
+        }
+    }
+}
+
+fn local_of_kernel_socket(fd: c_int) -> Option<Endpoint> {
+    // SAFETY: all-zero sockaddr_storage is valid; our own buffer and length.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut l = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: as above.
+    let r =
+        unsafe { real::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut l) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `l` bytes.
+    let ep = unsafe { endpoint_of((&ss as *const libc::sockaddr_storage).cast(), l) };
+    if ep.is_none() && i32::from(ss.ss_family) == libc::AF_INET6 {
+        // `::` (a dual-stack wildcard): any IPv4 address.
+        // SAFETY: the kernel wrote a sockaddr_in6.
+        let sin6 = unsafe {
+            core::ptr::read((&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>())
+        };
+        if sin6.sin6_addr.s6_addr == [0; 16] {
+            return Some(Endpoint::new([0; 4], u16::from_be(sin6.sin6_port)));
+        }
+    }
+    ep
+}
+
+/// listen() succeeded on the kernel socket: stackd listens on the same port too, unless
+/// the socket is bound to an address that stays on the kernel.
+pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
+    if !wanted() {
+        return;
+    }
+    if rec.engine() == Engine::Ustack {
+        // listen() again (a new backlog): stackd's side stays as it is.
+        return;
+    }
+    let Some(local) = local_of_kernel_socket(fd) else {
+        return;
+    };
+    let cookie = super::cookie_of(rec);
+    {
+        let mut io = rec.lock_io();
+        io.us.clear();
+        io.us.phase = Phase::Listening;
+        io.us.cookie = cookie;
+        io.us.local = local;
+        io.us.accept_queue.reserve(256);
+    }
+    let mut m = Msg::new(MsgKind::Listen);
+    m.cookie = cookie;
+    m.local = local;
+    m.arg = backlog.clamp(1, 65535) as u32;
+    let bound = post(&m).and_then(|()| {
+        block_until(rec, Some(now_ms() + BIND_WAIT_MS), -1, |io| {
+            io.us.bound.is_some()
+        })
+    });
+    let result = rec.lock_io().us.bound;
+    match (bound, result) {
+        (Ok(()), Some(0)) => {
+            rec.engine.store(Engine::Ustack as u8, Ordering::Release);
+            stats::bump(Counter::SocketsOnUstack);
+            crate::log_debug!("fd {fd}: listening on port {} in stackd too", local.port);
+            // Registrations made before listen() (rare) stay kernel-only.
+        }
+        (_, r) => {
+            crate::log_warn!(
+                "ustack: stackd could not listen on port {} (errno {}); fd {fd} listens on the kernel stack only",
+                local.port,
+                r.unwrap_or(libc::ETIMEDOUT)
+            );
+            rec.lock_io().us.clear();
+        }
+    }
+}
+
+/// Whether `rec` is a listener with a stackd side (its epoll registrations are kept in the
+/// kernel set and in the shim).
+pub fn is_listener(rec: &SocketRecord) -> bool {
+    rec.engine() == Engine::Ustack && rec.lock_io().us.phase == Phase::Listening
+}
+
+/// accept4() on a listener with a stackd side: stackd's completed connections first, then
+/// the kernel's.
+///
+/// # Safety
+/// `addr`/`len` as for accept4(2).
+pub unsafe fn accept(
+    listener: &'static SocketRecord,
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        crate::errno::set(libc::EINVAL);
+        return -1;
+    }
+    let nonblocking = listener.nonblocking.load(Ordering::Relaxed);
+    loop {
+        pump();
+        let pending = listener.lock_io().us.accept_queue.pop_front();
+        if let Some(p) = pending {
+            // SAFETY: caller contract.
+            return match unsafe { accept_session(listener, p, addr, len, flags) } {
+                Ok(nfd) => nfd,
+                Err(Errno(e)) => {
+                    crate::errno::set(e);
+                    -1
+                }
+            };
+        }
+        if nonblocking {
+            // SAFETY: caller contract; the kernel listener is non-blocking too.
+            return unsafe { crate::ops::accept_kernel(fd, addr, len, flags) };
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours.
+        if unsafe { real::poll(&mut p, 1, 0) } > 0 {
+            // SAFETY: caller contract; a connection waits, so this does not block long.
+            return unsafe { crate::ops::accept_kernel(fd, addr, len, flags) };
+        }
+        let deadline = timeout_deadline(fd, libc::SO_RCVTIMEO);
+        if let Err(Errno(e)) = block_until(listener, deadline, fd, |io| {
+            !io.us.accept_queue.is_empty() || io.us.phase != Phase::Listening
+        }) {
+            crate::errno::set(e);
+            return -1;
+        }
+        if listener.lock_io().us.phase != Phase::Listening {
+            // SAFETY: caller contract.
+            return unsafe { crate::ops::accept_kernel(fd, addr, len, flags) };
+        }
+    }
+}
+
+/// A connection stackd completed becomes a new fd: an unconnected kernel TCP socket as
+/// the placeholder (BRIEF invariant 1), with the session behind it.
+///
+/// # Safety
+/// `addr`/`len` as for accept4(2).
+unsafe fn accept_session(
+    listener: &'static SocketRecord,
+    p: Pending,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> Result<c_int, Errno> {
+    let family = listener.family.load(Ordering::Relaxed);
+    // SAFETY: plain socket creation.
+    let nfd = unsafe { real::socket(family, libc::SOCK_STREAM | flags, 0) };
+    if nfd < 0 {
+        let e = crate::errno::get();
+        super::abort_session(p.session);
+        return Err(Errno(e));
+    }
+    stats::bump(Counter::Accepts);
+    let Some(rec) = crate::socket::track(nfd, family, flags & libc::SOCK_NONBLOCK != 0) else {
+        // Untrackable (fd beyond the table): the session cannot be served.
+        super::abort_session(p.session);
+        // SAFETY: the fd we just created.
+        unsafe { real::close(nfd) };
+        return Err(Errno(libc::EMFILE));
+    };
+    rec.route
+        .store(crate::route::Route::Accelerated as u8, Ordering::Relaxed);
+    {
+        let mut io = rec.lock_io();
+        io.us.clear();
+        io.us.phase = Phase::Connected;
+        io.us.session = p.session;
+        io.us.cookie = super::cookie_of(rec);
+        io.us.local = p.local;
+        io.us.remote = p.remote;
+    }
+    super::bind_session(p.session, rec);
+    rec.engine.store(Engine::Ustack as u8, Ordering::Release);
+    stats::bump(Counter::SocketsOnUstack);
+    stats::bump(Counter::RoutedAccelerated);
+    // SAFETY: caller contract.
+    unsafe { copy_out(family, &p.remote, addr, len)? };
+    crate::log_debug!(
+        "fd {nfd} accepted from {}.{}.{}.{}:{} through stackd",
+        p.remote.addr[0],
+        p.remote.addr[1],
+        p.remote.addr[2],
+        p.remote.addr[3],
+        p.remote.port
+    );
+    Ok(nfd)
+}
+
+fn iov_total(iov: &[libc::iovec]) -> usize {
+    iov.iter().fold(0usize, |a, v| a.saturating_add(v.iov_len))
+}
+
+/// read/recv/readv/recvmsg of a ustack socket.
+pub fn recv(
+    rec: &'static SocketRecord,
+    fd: c_int,
+    iov: &[libc::iovec],
+    flags: c_int,
+) -> Result<usize, Errno> {
+    stats::bump(Counter::CallsIntercepted);
+    if flags & libc::MSG_OOB != 0 {
+        // No urgent data ever arrives through stackd.
+        return Err(Errno(libc::EINVAL));
+    }
+    let want = iov_total(iov);
+    let peek = flags & libc::MSG_PEEK != 0;
+    let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek && !nonblocking;
+    let deadline = if nonblocking {
+        None
+    } else {
+        timeout_deadline(fd, libc::SO_RCVTIMEO)
+    };
+    let mut done = 0usize;
+    loop {
+        pump();
+        let mut drained_request = false;
+        let mut session = NO_SESSION;
+        {
+            let mut io = rec.lock_io();
+            match io.us.phase {
+                Phase::Connected => {}
+                Phase::Connecting => {
+                    if nonblocking {
+                        return Err(Errno(libc::EAGAIN));
+                    }
+                }
+                Phase::Failed => {
+                    let e = io.us.take_error();
+                    return Err(Errno(if e != 0 { e } else { libc::ENOTCONN }));
+                }
+                Phase::Orphaned => return Err(Errno(libc::ECONNRESET)),
+                Phase::Listening | Phase::None => return Err(Errno(libc::ENOTCONN)),
+            }
+            if io.us.phase == Phase::Connected {
+                if io.us.shut_rd {
+                    return Ok(done);
+                }
+                session = io.us.session;
+                if let Some((rx, _)) = fifos(session) {
+                    rx.consumer_clear_event();
+                    if want == 0 {
+                        return Ok(0);
+                    }
+                    if peek {
+                        if let Some(first) = iov.iter().find(|v| v.iov_len > 0) {
+                            // SAFETY: the caller's buffer of iov_len writable bytes.
+                            let dst = unsafe {
+                                core::slice::from_raw_parts_mut(
+                                    first.iov_base.cast::<u8>(),
+                                    first.iov_len,
+                                )
+                            };
+                            let n = rx.peek(dst).map_err(|_| Errno(libc::EIO))?;
+                            if n > 0 {
+                                stats::add(Counter::BytesReceived, 0);
+                                return Ok(n);
+                            }
+                        }
+                    } else {
+                        let mut skip = done;
+                        for v in iov {
+                            if skip >= v.iov_len {
+                                skip -= v.iov_len;
+                                continue;
+                            }
+                            // SAFETY: the caller's buffer of iov_len writable bytes.
+                            let dst = unsafe {
+                                core::slice::from_raw_parts_mut(
+                                    v.iov_base.cast::<u8>().add(skip),
+                                    v.iov_len - skip,
+                                )
+                            };
+                            skip = 0;
+                            let n = rx.dequeue(dst).map_err(|_| Errno(libc::EIO))?;
+                            done += n;
+                            if n < dst.len() {
+                                break;
+                            }
+                        }
+                        drained_request = done > 0 && rx.consumer_take_space_request();
+                    }
+                }
+                if done > 0 && !(waitall && done < want) {
+                    drop(io);
+                    finish_read(session, drained_request, done);
+                    return Ok(done);
+                }
+                if io.us.reset {
+                    if done > 0 {
+                        drop(io);
+                        finish_read(session, drained_request, done);
+                        return Ok(done);
+                    }
+                    let e = io.us.take_error();
+                    return if e != 0 { Err(Errno(e)) } else { Ok(0) };
+                }
+                if io.us.eof {
+                    drop(io);
+                    finish_read(session, drained_request, done);
+                    return Ok(done);
+                }
+                if nonblocking {
+                    drop(io);
+                    finish_read(session, drained_request, done);
+                    return if done > 0 {
+                        Ok(done)
+                    } else {
+                        Err(Errno(libc::EAGAIN))
+                    };
+                }
+            }
+        }
+        finish_read(session, drained_request, 0);
+        match block_until(rec, deadline, -1, |io| {
+            io.us.phase != Phase::Connected
+                || io.us.eof
+                || io.us.reset
+                || fifos(io.us.session).is_some_and(|(rx, _)| !rx.is_empty())
+        }) {
+            Ok(()) => {}
+            Err(e) if done > 0 && (e.0 == libc::EINTR || e.0 == libc::EAGAIN) => return Ok(done),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn finish_read(session: u64, drained_request: bool, bytes: usize) {
+    if bytes > 0 {
+        stats::add(Counter::BytesReceived, bytes as u64);
+    }
+    if drained_request {
+        let _ = post(&Msg::for_session(MsgKind::RxDrained, session));
+    }
+}
+
+/// write/send/writev/sendmsg of a ustack socket.
+pub fn send(
+    rec: &'static SocketRecord,
+    fd: c_int,
+    iov: &[libc::iovec],
+    flags: c_int,
+) -> Result<usize, Errno> {
+    stats::bump(Counter::CallsIntercepted);
+    if flags & libc::MSG_OOB != 0 {
+        return Err(Errno(libc::EOPNOTSUPP));
+    }
+    let total = iov_total(iov);
+    let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
+    let deadline = if nonblocking {
+        None
+    } else {
+        timeout_deadline(fd, libc::SO_SNDTIMEO)
+    };
+    let mut done = 0usize;
+    loop {
+        pump();
+        let (session, notify) = {
+            let mut io = rec.lock_io();
+            match io.us.phase {
+                Phase::Connected => {}
+                Phase::Connecting => {
+                    if nonblocking {
+                        return Err(Errno(libc::EAGAIN));
+                    }
+                }
+                Phase::Failed => {
+                    let e = io.us.take_error();
+                    if e != 0 {
+                        return Err(Errno(e));
+                    }
+                    crate::uring::sigpipe(flags);
+                    return Err(Errno(libc::EPIPE));
+                }
+                Phase::Orphaned | Phase::Listening | Phase::None => {
+                    crate::uring::sigpipe(flags);
+                    return Err(Errno(libc::EPIPE));
+                }
+            }
+            if io.us.phase == Phase::Connected {
+                if io.us.reset {
+                    let e = io.us.take_error();
+                    if e != 0 {
+                        return Err(Errno(e));
+                    }
+                    crate::uring::sigpipe(flags);
+                    return Err(Errno(libc::EPIPE));
+                }
+                if io.us.shut_wr {
+                    crate::uring::sigpipe(flags);
+                    return Err(Errno(libc::EPIPE));
+                }
+                if total == 0 {
+                    return Ok(0);
+                }
+                let session = io.us.session;
+                let Some((_, tx)) = fifos(session) else {
+                    return Err(Errno(libc::EIO));
+                };
+                let mut skip = done;
+                let before = done;
+                for v in iov {
+                    if skip >= v.iov_len {
+                        skip -= v.iov_len;
+                        continue;
+                    }
+                    // SAFETY: the caller's buffer of iov_len readable bytes.
+                    let src = unsafe {
+                        core::slice::from_raw_parts(
+                            v.iov_base.cast::<u8>().add(skip),
+                            v.iov_len - skip,
+                        )
+                    };
+                    skip = 0;
+                    let n = tx.enqueue(src).map_err(|_| Errno(libc::EIO))?;
+                    done += n;
+                    if n < src.len() {
+                        break;
+                    }
+                }
+                let notify = done > before && tx.producer_should_notify();
+                if done == before {
+                    // Full: ask stackd for TX_SPACE; space may have appeared meanwhile.
+                    if tx.request_space_notice().unwrap_or(0) > 0 {
+                        continue;
+                    }
+                }
+                (session, notify)
+            } else {
+                (NO_SESSION, false)
+            }
+        };
+        if notify {
+            if let Err(e) = post(&Msg::for_session(MsgKind::Tx, session)) {
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+        }
+        if done == total {
+            stats::add(Counter::BytesSent, done as u64);
+            return Ok(done);
+        }
+        if nonblocking {
+            if done > 0 {
+                stats::add(Counter::BytesSent, done as u64);
+                return Ok(done);
+            }
+            return Err(Errno(libc::EAGAIN));
+        }
+        match block_until(rec, deadline, -1, |io| {
+            io.us.phase != Phase::Connected
+                || io.us.reset
+                || fifos(io.us.session).is_some_and(|(_, tx)| tx.free_space().unwrap_or(0) > 0)
+        }) {
+            Ok(()) => {}
+            Err(e) if done > 0 && (e.0 == libc::EINTR || e.0 == libc::EAGAIN) => {
+                stats::add(Counter::BytesSent, done as u64);
+                return Ok(done);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// shutdown() of a ustack socket.
+pub fn shutdown(rec: &'static SocketRecord, how: c_int) -> Result<c_int, Errno> {
+    if !(libc::SHUT_RD..=libc::SHUT_RDWR).contains(&how) {
+        return Err(Errno(libc::EINVAL));
+    }
+    let session = {
+        let mut io = rec.lock_io();
+        if io.us.phase != Phase::Connected {
+            return Err(Errno(libc::ENOTCONN));
+        }
+        if how != libc::SHUT_WR {
+            io.us.shut_rd = true;
+        }
+        if how == libc::SHUT_RD || io.us.shut_wr {
+            None
+        } else {
+            io.us.shut_wr = true;
+            Some(io.us.session)
+        }
+    };
+    if let Some(s) = session {
+        let mut m = Msg::for_session(MsgKind::Shutdown, s);
+        m.arg = libc::SHUT_WR as u32;
+        post(&m)?;
+    }
+    let (watchers, n) = {
+        let io = rec.lock_io();
+        (io.watchers, io.nwatchers)
+    };
+    crate::uring::notify(rec, &watchers[..n], false);
+    Ok(0)
+}
+
+/// The last descriptor of a ustack socket closed: stackd finishes (or resets) the session
+/// on its own, as the kernel does after close().
+pub fn on_last_close(rec: &'static SocketRecord, fd: c_int) {
+    let (phase, session, listener, cookie) = {
+        let mut io = rec.lock_io();
+        let v = (io.us.phase, io.us.session, io.us.listener, io.us.cookie);
+        let pending: Vec<Pending> = io.us.accept_queue.drain(..).collect();
+        io.us.clear();
+        drop(io);
+        for p in pending {
+            super::abort_session(p.session);
+        }
+        v
+    };
+    match phase {
+        Phase::Connected => {
+            super::unbind_session(session);
+            let mut m = Msg::for_session(MsgKind::Close, session);
+            if linger_zero(fd) {
+                m.flags = proto::msg_flags::ABORT;
+            }
+            let _ = post(&m);
+        }
+        Phase::Connecting => {
+            let mut m = Msg::for_session(MsgKind::Close, NO_SESSION);
+            m.cookie = cookie;
+            let _ = post(&m);
+        }
+        Phase::Listening if cookie != 0 => {
+            let mut m = Msg::new(MsgKind::Unlisten);
+            m.arg = listener;
+            let _ = post(&m);
+        }
+        _ => {}
+    }
+}
+
+fn linger_zero(fd: c_int) -> bool {
+    let mut l = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    let mut len = core::mem::size_of::<libc::linger>() as socklen_t;
+    // SAFETY: valid out-buffer and length.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut l as *mut libc::linger).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && l.l_onoff != 0 && l.l_linger == 0
+}
+
+/// getsockname()/getpeername() of a ustack socket (None: the kernel socket answers).
+///
+/// # Safety
+/// `addr`/`len` as for getsockname(2).
+pub unsafe fn name(
+    rec: &SocketRecord,
+    peer: bool,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> Option<Result<c_int, Errno>> {
+    let io = rec.lock_io();
+    let family = rec.family.load(Ordering::Relaxed);
+    match io.us.phase {
+        Phase::Connected => {
+            let ep = if peer { io.us.remote } else { io.us.local };
+            // SAFETY: caller contract.
+            Some(unsafe { copy_out(family, &ep, addr, len) }.map(|()| 0))
+        }
+        Phase::Connecting | Phase::Failed | Phase::Orphaned if peer => {
+            Some(Err(Errno(libc::ENOTCONN)))
+        }
+        _ => None,
+    }
+}
+
+/// getsockopt() of a ustack socket: SO_ERROR and the TCP_INFO-free basics from the
+/// session; everything else from the placeholder kernel socket.
+///
+/// # Safety
+/// `val`/`len` as for getsockopt(2).
+pub unsafe fn getsockopt(
+    rec: &SocketRecord,
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> Result<c_int, Errno> {
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR && !val.is_null() && !len.is_null() {
+        pump();
+        let e = rec.lock_io().us.take_error();
+        // SAFETY: the caller's int-sized buffer (checked).
+        unsafe {
+            if (*len as usize) < core::mem::size_of::<c_int>() {
+                return Err(Errno(libc::EINVAL));
+            }
+            val.cast::<c_int>().write_unaligned(e);
+            *len = core::mem::size_of::<c_int>() as socklen_t;
+        }
+        return Ok(0);
+    }
+    // SAFETY: forwarded to the placeholder, which holds every option the app set.
+    let r = unsafe { real::getsockopt(fd, level, name, val, len) };
+    if r == 0 {
+        Ok(0)
+    } else {
+        Err(crate::errno::last())
+    }
+}
+
+/// setsockopt() of a ustack socket: options stackd models are forwarded to it; every
+/// option is also set on the placeholder (which answers getsockopt).
+///
+/// # Safety
+/// `val` readable for `len` bytes.
+pub unsafe fn before_setsockopt(
+    rec: &SocketRecord,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) {
+    if val.is_null() || (len as usize) < core::mem::size_of::<c_int>() {
+        return;
+    }
+    // SAFETY: at least an int is readable (checked).
+    let v = unsafe { val.cast::<c_int>().read_unaligned() };
+    let (opt, value) = match (level, name) {
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY) => (proto::sockopt::NODELAY, u32::from(v != 0)),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => {
+            (proto::sockopt::KEEPALIVE_SECS, if v != 0 { 75 } else { 0 })
+        }
+        _ => return,
+    };
+    let session = {
+        let mut io = rec.lock_io();
+        if opt == proto::sockopt::NODELAY {
+            io.us.nodelay = value != 0;
+        }
+        (io.us.phase == Phase::Connected).then_some(io.us.session)
+    };
+    if let Some(s) = session {
+        let mut m = Msg::for_session(MsgKind::SetOpt, s);
+        m.arg = opt;
+        m.value = value;
+        let _ = post(&m);
+    }
+}
+
+/// ioctl() requests with a ustack meaning (None: the placeholder answers).
+pub fn ioctl(rec: &SocketRecord, request: libc::c_ulong) -> Option<c_int> {
+    let io = rec.lock_io();
+    let (rx, tx) = fifos(io.us.session)?;
+    match request {
+        libc::FIONREAD => Some(rx.len().unwrap_or(0) as c_int),
+        libc::TIOCOUTQ => Some(tx.len().unwrap_or(0) as c_int),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_come_from_ipv4_and_v4_mapped_addresses_only() {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 8080u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([198, 51, 100, 2]),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = core::mem::size_of::<libc::sockaddr_in>() as socklen_t;
+        // SAFETY: a live local with its true length.
+        let ep = unsafe { endpoint_of((&sin as *const libc::sockaddr_in).cast(), len) };
+        assert_eq!(ep, Some(Endpoint::new([198, 51, 100, 2], 8080)));
+        let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+        let l6 = write_sockaddr(
+            libc::AF_INET6,
+            &Endpoint::new([198, 51, 100, 2], 8080),
+            &mut ss,
+        );
+        // SAFETY: the storage holds a sockaddr_in6 of length l6.
+        let back = unsafe { endpoint_of((&ss as *const libc::sockaddr_storage).cast(), l6) };
+        assert_eq!(back, Some(Endpoint::new([198, 51, 100, 2], 8080)));
+        let mut sin6: libc::sockaddr_in6 = unsafe { core::mem::zeroed() };
+        sin6.sin6_family = libc::AF_INET6 as u16;
+        sin6.sin6_addr.s6_addr[15] = 1; // ::1
+        let l6 = core::mem::size_of::<libc::sockaddr_in6>() as socklen_t;
+        // SAFETY: a live local with its true length.
+        assert_eq!(
+            unsafe { endpoint_of((&sin6 as *const libc::sockaddr_in6).cast(), l6) },
+            None
+        );
+    }
+}
