@@ -173,6 +173,35 @@ impl Drop for TempDir {
     }
 }
 
+/// The stackd binary: cargo's own for this crate's tests; for the shim's tests (another
+/// package, which cargo gives no binary path) built with `cargo build -p ringshim-stackd`
+/// into the same target directory as the test binary.
+pub fn stackd_bin() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_ringshim-stackd") {
+        return PathBuf::from(bin);
+    }
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary under target/<profile>/deps")
+            .to_path_buf();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-q", "-p", "ringshim-stackd"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        run(&mut cmd);
+        let bin = profile_dir.join("ringshim-stackd");
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
 /// stackd running in its own namespace. Field order = drop order: the process first,
 /// then the namespace, then the directory.
 pub struct Stackd {
@@ -192,12 +221,8 @@ impl Stackd {
         let control = dir.0.join("stackd.sock");
         let log = dir.0.join("stackd.log");
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_ringshim-stackd"),
-            ])
+            .args(["netns", "exec", &ns.name])
+            .arg(stackd_bin())
             .args([
                 "--tap",
                 TAP,
