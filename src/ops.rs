@@ -30,7 +30,7 @@ pub fn on_new_socket(fd: c_int, domain: c_int, ty: c_int) {
 /// `addr`/`len` as for accept4(2).
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     if let Some(listener) = sock::lookup(fd) {
-        if crate::ustack::io::is_listener(listener) {
+        if crate::ustack::io::is_listener(listener) && crate::ustack::io::join(listener, fd) {
             // SAFETY: caller contract.
             return unsafe { crate::ustack::io::accept(listener, fd, addr, len, flags) };
         }

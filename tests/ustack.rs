@@ -295,6 +295,181 @@ fn redis_server_serves_redis_benchmark_through_stackd() {
     assert!(srv.wait_exit(LIMIT).is_some(), "{}", srv.stderr());
 }
 
+/// The nginx configuration of the tests: `workers` worker processes (which run as
+/// nobody, so stackd must accept that group), a 1 KiB and a 1 MiB file, sendfile and
+/// tcp_nopush on, listening on the wildcard (both stacks).
+fn nginx_conf(dir: &Path, workers: u32, port: u16) -> PathBuf {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let one_k: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+    let one_m: Vec<u8> = (0..1u32 << 20).map(|i| (i * 13 + i / 4099) as u8).collect();
+    std::fs::write(www.join("1k.bin"), one_k).unwrap();
+    std::fs::write(www.join("1m.bin"), one_m).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes {workers};\ndaemon off;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; sendfile on; tcp_nopush on;\n\
+           client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
+           uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+           server {{ listen {port}; root {d}/www; }} }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    // The workers (nobody) read the files and write temp files.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(dir)
+        .status();
+    path
+}
+
+#[test]
+fn nginx_serves_curl_and_wrk_through_stackd() {
+    if !ready("nginx_serves_curl_and_wrk_through_stackd") {
+        return;
+    }
+    let have = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "nginx (scripts/install-deps.sh installs it)") {
+        return;
+    }
+    // nginx's workers run as nobody: stackd accepts its group (nogroup, 65534).
+    let st = Stackd::start(&["--allow-group", "65534"]);
+    let dir = TestDir::new("ustack-nginx");
+    let conf = nginx_conf(&dir.0, 1, 8180);
+    let mut srv = LiveProcess::spawn(under_shim(
+        &st,
+        &[Path::new("nginx"), Path::new("-c"), &conf],
+        &[],
+    ));
+    let in_ns = |argv: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &st.ns.name]).args(argv);
+        run_limited(c, LIMIT)
+    };
+    let got = dir.path("got");
+    let mut fetched = false;
+    for _ in 0..100 {
+        let r = in_ns(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "-o",
+            got.to_str().unwrap(),
+            "http://198.51.100.2:8180/1m.bin",
+        ]);
+        if r.ok() {
+            fetched = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = || std::fs::read_to_string(dir.path("error.log")).unwrap_or_default();
+    assert!(
+        fetched,
+        "curl through stackd failed\n{}\n{}",
+        srv.stderr(),
+        log()
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == std::fs::read(dir.path("www/1m.bin")).unwrap(),
+        "1 MiB through stackd differs"
+    );
+    let wrk = in_ns(&[
+        "wrk",
+        "-t1",
+        "-c16",
+        "-d2s",
+        "http://198.51.100.2:8180/1k.bin",
+    ]);
+    assert!(wrk.ok(), "{}", wrk.describe());
+    assert!(
+        !wrk.stdout.contains("Socket errors") && !wrk.stdout.contains("Non-2xx"),
+        "{}",
+        wrk.stdout
+    );
+    let lo = in_ns(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        "/dev/null",
+        "http://127.0.0.1:8180/1k.bin",
+    ]);
+    assert!(lo.ok(), "loopback (kernel) side: {}", lo.describe());
+    // 198.51.100.2 exists only in stackd, so the answers above came through it; its log
+    // names the worker that attached.
+    assert!(
+        st.log_text().contains("\"nginx\""),
+        "no nginx attached to stackd: {}",
+        st.log_text()
+    );
+    send_signal(srv.pid, libc::SIGQUIT);
+    assert!(
+        srv.wait_exit(LIMIT).is_some(),
+        "nginx did not quit\n{}",
+        log()
+    );
+}
+
+#[test]
+fn killing_stackd_mid_transfer_resets_its_connections_and_new_sockets_use_the_kernel() {
+    if !ready("killing_stackd_mid_transfer_resets_its_connections_and_new_sockets_use_the_kernel") {
+        return;
+    }
+    let mut st = Stackd::start(&[]);
+    let listener: TcpListener = st
+        .ns
+        .run_in(|| TcpListener::bind("198.51.100.1:7300").expect("bind kernel sink"));
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = vec![0u8; 65536];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let py = python();
+    let stream = script("stream.py");
+    let mut app = LiveProcess::spawn(under_shim(
+        &st,
+        &[&py, &stream, Path::new("198.51.100.1"), Path::new("7300")],
+        &[],
+    ));
+    app.wait_line("connected", LIMIT);
+    std::thread::sleep(Duration::from_millis(300));
+    st.process.kill9();
+    // The blocked sender learns of it at once (the control connection's EOF), the bytes
+    // it wrote are reported lost, and the next socket goes to the kernel: it reaches the
+    // sink through the kernel while the TAP's address is still there, or gets
+    // ENETUNREACH once the TAP is gone with stackd; never a hang.
+    let err = app.wait_line("error", Duration::from_secs(10));
+    assert!(
+        err.starts_with("ConnectionResetError 104") || err.starts_with("BrokenPipeError 32"),
+        "{err}\n{}",
+        app.stderr()
+    );
+    let second = app.wait_line("second connect", Duration::from_secs(10));
+    assert!(
+        second == "ok" || second.contains("101"),
+        "second connect: {second}"
+    );
+    assert!(
+        app.wait_exit(LIMIT).is_some_and(|s| s.success()),
+        "{}",
+        app.stderr()
+    );
+    assert!(
+        app.stderr().contains("ringshim-stackd is gone"),
+        "{}",
+        app.stderr()
+    );
+}
+
 #[test]
 fn without_stackd_sockets_take_the_kernel_path() {
     // No root needed: loopback accelerated, stackd absent.

@@ -262,6 +262,16 @@ pub unsafe fn epoll_ctl(
             return Err(errno::last());
         }
     }
+    if crate::ustack::io::is_listener(rec) && !crate::ustack::io::join(rec, fd) {
+        // stackd refused it: the listener is the kernel's alone.
+        // SAFETY: the caller's event, forwarded.
+        let r = unsafe { real::epoll_ctl(ep.epfd.load(Ordering::Relaxed), op, fd, event) };
+        if r == 0 {
+            crate::epoll::record_ctl(ep, op, fd, events, data);
+            return Ok(0);
+        }
+        return Err(errno::last());
+    }
     if crate::ustack::io::is_listener(rec) {
         // A listener with a stackd side: the kernel set reports the kernel's
         // connections, the shim's registration below stackd's.
@@ -561,6 +571,11 @@ unsafe fn harvest_kernel(
     for k in 0..r as usize {
         // SAFETY: the kernel wrote `r` entries.
         let e = unsafe { events.add(k).read() };
+        if e.u64 == crate::ustack::CONTROL_TAG {
+            crate::ustack::check_link();
+            bridge = true;
+            continue;
+        }
         if e.u64 == BRIDGE_TAG || e.u64 == crate::ustack::WAKE_TAG {
             bridge |= e.u64 == BRIDGE_TAG;
             if e.u64 == crate::ustack::WAKE_TAG {
@@ -760,6 +775,11 @@ pub unsafe fn epoll_wait_kernel(
                 bridge = true;
                 continue;
             }
+            if e.u64 == crate::ustack::CONTROL_TAG {
+                crate::ustack::check_link();
+                bridge = true;
+                continue;
+            }
             if e.u64 == crate::ustack::WAKE_TAG {
                 // stackd posted: run its messages, then look at the ready list again.
                 crate::ustack::woken();
@@ -838,6 +858,11 @@ unsafe fn epoll_wait_without_ring(
             // SAFETY: the kernel wrote r entries.
             let e = unsafe { events.add(k).read() };
             if e.u64 == BRIDGE_TAG {
+                bridge = true;
+                continue;
+            }
+            if e.u64 == crate::ustack::CONTROL_TAG {
+                crate::ustack::check_link();
                 bridge = true;
                 continue;
             }
@@ -933,7 +958,11 @@ pub unsafe fn poll(
     let mut settled = false;
     let mut accel: Vec<Option<&'static SocketRecord>> = set
         .iter()
-        .map(|p| crate::socket::accelerated(p.fd))
+        .map(|p| {
+            crate::socket::accelerated(p.fd).filter(|rec| {
+                !crate::ustack::io::is_listener(rec) || crate::ustack::io::join(rec, p.fd)
+            })
+        })
         .collect();
     let mut served = vec![false; set.len()];
     loop {
@@ -1082,8 +1111,13 @@ pub unsafe fn poll(
                     })
                     .collect();
                 let first_wake = all.len();
-                let mut wake = [-1; 64];
-                let n_wake = crate::ustack::wake_fds(&mut wake);
+                let mut wake = [-1; 65];
+                let mut n_wake = crate::ustack::wake_fds(&mut wake[..64]);
+                let control = crate::ustack::control_fd();
+                if control >= 0 {
+                    wake[n_wake] = control;
+                    n_wake += 1;
+                }
                 all.extend(wake[..n_wake].iter().map(|&fd| pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -1119,6 +1153,10 @@ pub unsafe fn poll(
                 drop(blocked);
                 if r < 0 && err == libc::EINTR {
                     return Err(Errno(err));
+                }
+                if control >= 0 && all[first_wake + n_wake - 1].revents != 0 {
+                    crate::ustack::check_link();
+                    n_wake -= 1;
                 }
                 crate::ustack::woken_by(&all[first_wake..first_wake + n_wake]);
             }

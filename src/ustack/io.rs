@@ -154,11 +154,14 @@ fn block_until(
             fd: -1,
             events: libc::POLLIN,
             revents: 0,
-        }; 66];
+        }; 68];
         for (p, &fd) in fds.iter_mut().zip(wake[..n].iter()) {
             p.fd = fd;
         }
         let mut count = n;
+        let control = super::control_fd();
+        fds[count].fd = control;
+        count += 1;
         if extra_fd >= 0 {
             fds[count].fd = extra_fd;
             count += 1;
@@ -190,7 +193,10 @@ fn block_until(
             return Err(Errno(libc::EINTR));
         }
         super::woken_by(&fds[..n]);
-        if extra_fd >= 0 && fds[n].revents != 0 {
+        if control >= 0 && fds[n].revents != 0 {
+            super::check_link();
+        }
+        if extra_fd >= 0 && fds[n + 1].revents != 0 {
             return Ok(());
         }
     }
@@ -284,10 +290,12 @@ fn local_of_kernel_socket(fd: c_int) -> Option<Endpoint> {
     ep
 }
 
-/// listen() succeeded on the kernel socket: stackd listens on the same port too, unless
-/// the socket is bound to an address that stays on the kernel.
+/// listen() succeeded on the kernel socket: the socket becomes a listener of both
+/// stacks. stackd is asked to listen only when this process first waits for or accepts
+/// a connection on it ([`join`]): nginx's master listens and forks workers that accept,
+/// and a member that never accepts would strand the connections stackd gives it.
 pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
-    if !wanted() {
+    if crate::init::config().backend != ringshim_common::config::Backend::Ustack {
         return;
     }
     if rec.engine() == Engine::Ustack {
@@ -297,41 +305,70 @@ pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
     let Some(local) = local_of_kernel_socket(fd) else {
         return;
     };
-    let cookie = super::cookie_of(rec);
     {
         let mut io = rec.lock_io();
         io.us.clear();
         io.us.phase = Phase::Listening;
-        io.us.cookie = cookie;
         io.us.local = local;
-        io.us.accept_queue.reserve(256);
+        io.us.backlog = backlog.clamp(1, 65535) as u32;
     }
-    let mut m = Msg::new(MsgKind::Listen);
-    m.cookie = cookie;
-    m.local = local;
-    m.arg = backlog.clamp(1, 65535) as u32;
-    let bound = post(&m).and_then(|()| {
-        block_until(rec, Some(now_ms() + BIND_WAIT_MS), -1, |io| {
-            io.us.bound.is_some()
-        })
-    });
-    let result = rec.lock_io().us.bound;
-    match (bound, result) {
-        (Ok(()), Some(0)) => {
-            rec.engine.store(Engine::Ustack as u8, Ordering::Release);
-            stats::bump(Counter::SocketsOnUstack);
-            crate::log_debug!("fd {fd}: listening on port {} in stackd too", local.port);
-            // Registrations made before listen() (rare) stay kernel-only.
+    rec.engine.store(Engine::Ustack as u8, Ordering::Release);
+}
+
+/// Makes sure this process listens in stackd for `rec` (a listener of both stacks);
+/// false when stackd cannot (unreachable, port taken): the listener is then the
+/// kernel's alone, for good.
+pub fn join(rec: &'static SocketRecord, fd: c_int) -> bool {
+    let (local, backlog) = {
+        let io = rec.lock_io();
+        if io.us.phase != Phase::Listening {
+            return false;
         }
-        (_, r) => {
-            crate::log_warn!(
-                "ustack: stackd could not listen on port {} (errno {}); fd {fd} listens on the kernel stack only",
-                local.port,
-                r.unwrap_or(libc::ETIMEDOUT)
-            );
-            rec.lock_io().us.clear();
+        if io.us.joined {
+            return true;
         }
+        (io.us.local, io.us.backlog)
+    };
+    let cookie = super::cookie_of(rec);
+    let joined = super::available()
+        && {
+            {
+                let mut io = rec.lock_io();
+                io.us.cookie = cookie;
+                io.us.bound = None;
+                io.us.accept_queue.reserve(256);
+            }
+            let mut m = Msg::new(MsgKind::Listen);
+            m.cookie = cookie;
+            m.local = local;
+            m.arg = backlog;
+            let bound = post(&m).and_then(|()| {
+                block_until(rec, Some(now_ms() + BIND_WAIT_MS), -1, |io| {
+                    io.us.bound.is_some()
+                })
+            });
+            let result = rec.lock_io().us.bound;
+            match (bound, result) {
+                (Ok(()), Some(0)) => true,
+                (_, r) => {
+                    crate::log_warn!(
+                    "ustack: stackd could not listen on port {} (errno {}); fd {fd} listens on the kernel stack only",
+                    local.port,
+                    r.unwrap_or(libc::ETIMEDOUT)
+                );
+                    false
+                }
+            }
+        };
+    if joined {
+        rec.lock_io().us.joined = true;
+        stats::bump(Counter::SocketsOnUstack);
+        crate::log_debug!("fd {fd}: listening on port {} in stackd too", local.port);
+    } else {
+        rec.lock_io().us.clear();
+        rec.engine.store(Engine::Kernel as u8, Ordering::Release);
     }
+    joined
 }
 
 /// Whether `rec` is a listener with a stackd side (its epoll registrations are kept in the

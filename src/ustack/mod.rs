@@ -53,6 +53,9 @@ pub use session::{Phase, UsSock};
 /// data of the worker eventfds in the application's kernel epoll sets ("RSUSTACK");
 /// filtered from results like the bridge.
 pub const WAKE_TAG: u64 = 0x5253_5553_5441_434b;
+/// data of the control connection in the same sets ("RSUSCTRL"): readable only when
+/// stackd is gone (EOF), see [`check_link`].
+pub const CONTROL_TAG: u64 = 0x5253_5553_4354_524c;
 
 /// Workers asked for at ATTACH (stackd's maximum): one per application thread that
 /// sends; threads past it share worker 0.
@@ -85,7 +88,9 @@ impl Worker {
 /// This process's attachment to stackd.
 struct Link {
     pid: u32,
-    control: i32,
+    /// The control connection; -1 once stackd is gone (closing it took it out of
+    /// every epoll set).
+    control: AtomicI32,
     segment: Segment,
     map_len: usize,
     workers: [Worker; MAX_WORKERS],
@@ -244,7 +249,7 @@ fn connect_and_attach(path: &str) -> Result<Link, Failure> {
     let l = Link {
         // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() } as u32,
-        control,
+        control: AtomicI32::new(control),
         segment,
         map_len,
         workers: [const { Worker::new() }; MAX_WORKERS],
@@ -457,7 +462,7 @@ fn add_worker(l: &'static Link) -> Option<usize> {
     let mut fds = [-1; 2];
     let r = crate::errno::preserve(|| {
         exchange(
-            l.control,
+            l.control.load(Ordering::Acquire),
             &ControlRequest::new(control_kind::WORKER_ADD),
             &mut fds,
         )
@@ -508,6 +513,9 @@ pub fn post(msg: &Msg) -> Result<(), Errno> {
     let Some(l) = link() else {
         return Err(Errno(libc::ECONNRESET));
     };
+    if l.control.load(Ordering::Acquire) < 0 {
+        return Err(Errno(libc::ECONNRESET));
+    }
     let w = my_worker(l);
     let worker = &l.workers[w];
     let Some(r) = ring(l, w, Direction::AppToStack) else {
@@ -523,8 +531,14 @@ pub fn post(msg: &Msg) -> Result<(), Errno> {
                     continue;
                 }
                 // stackd writes our app_wake when it frees a slot; 5 s bound.
-                if waited >= 5000 {
-                    break Err(Errno(libc::EIO));
+                if waited >= 5000 || l.control.load(Ordering::Acquire) < 0 {
+                    break Err(Errno(libc::ECONNRESET));
+                }
+                if waited % 100 == 99 {
+                    // A full ring that does not drain: is stackd still there?
+                    unlock(&worker.push_lock);
+                    check_link();
+                    spin_lock(&worker.push_lock);
                 }
                 waited += 1;
                 let mut p = libc::pollfd {
@@ -651,6 +665,76 @@ pub fn woken() {
     }
 }
 
+/// The control connection, for a poll set (-1: none).
+pub fn control_fd() -> i32 {
+    link().map_or(-1, |l| l.control.load(Ordering::Acquire))
+}
+
+/// The control connection became readable: stackd sends nothing unasked, so this is
+/// its end (EOF or an error). Every session is reset, listeners keep their kernel side,
+/// and new sockets take the kernel path (BRIEF invariant 5).
+pub fn check_link() {
+    let Some(l) = link() else { return };
+    let control = l.control.load(Ordering::Acquire);
+    if control < 0 {
+        return;
+    }
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into our own buffer.
+    let r = unsafe {
+        real::recv(
+            control,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if r > 0 || (r < 0 && crate::errno::get() == libc::EAGAIN) {
+        return;
+    }
+    if l.control
+        .compare_exchange(control, -1, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    STATE.store(FAILED, Ordering::Release);
+    crate::stats::set_backend_active(false);
+    crate::log_warn!("ustack: ringshim-stackd is gone; its connections are reset, new sockets take the kernel path");
+    close_fd(control);
+    for id in 0..SOCKETS.high_water() {
+        let Some(rec) = SOCKETS.get(id) else { continue };
+        if rec.engine() != crate::socket::Engine::Ustack {
+            continue;
+        }
+        {
+            let mut io = rec.lock_io();
+            match io.us.phase {
+                Phase::Connected if !io.us.reset => {
+                    io.us.reset = true;
+                    io.us.error = libc::ECONNRESET;
+                }
+                Phase::Connecting => {
+                    io.us.phase = Phase::Failed;
+                    io.us.error = libc::ECONNRESET;
+                }
+                Phase::Listening => {
+                    io.us.cookie = 0;
+                    io.us.accept_queue.clear();
+                    io.us.phase = Phase::None;
+                    rec.engine
+                        .store(crate::socket::Engine::Kernel as u8, Ordering::Release);
+                }
+                _ => {}
+            }
+        }
+        notify(rec);
+    }
+    if BLOCKED.load(Ordering::SeqCst) > 0 {
+        wake_blocked(l, 0);
+    }
+}
+
 /// The workers' eventfds, for a poll set (returns how many were written).
 pub fn wake_fds(out: &mut [i32]) -> usize {
     let Some(l) = link() else { return 0 };
@@ -670,10 +754,20 @@ pub fn worker_count() -> u32 {
     link().map_or(0, |l| l.nworkers.load(Ordering::Acquire))
 }
 
-/// Puts the eventfds of workers `from..` into the kernel set of `epfd`.
+/// Puts the eventfds of workers `from..` into the kernel set of `epfd` (and, with the
+/// first, the control connection, whose EOF says stackd is gone).
 pub fn register_wake_fds(epfd: i32, from: u32) -> u32 {
     let Some(l) = link() else { return from };
     let n = l.nworkers.load(Ordering::Acquire);
+    let control = l.control.load(Ordering::Acquire);
+    if from == 0 && control >= 0 {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: CONTROL_TAG,
+        };
+        // SAFETY: adding our control socket to the application's epoll instance.
+        unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, control, &mut ev) };
+    }
     for w in from..n {
         let fd = l.workers[w as usize].app_wake.load(Ordering::Acquire);
         let mut ev = libc::epoll_event {
@@ -910,8 +1004,10 @@ pub fn after_fork_child() {
         if rec.engine() == crate::socket::Engine::Ustack {
             let mut io = rec.lock_io();
             if io.us.phase == Phase::Listening {
-                // Still a kernel listener; stackd's side stays with the parent.
+                // Still a kernel listener; the child listens in stackd through its own
+                // attachment when it first accepts (`io::join`).
                 io.us.cookie = 0;
+                io.us.joined = false;
             } else {
                 io.us.phase = Phase::Orphaned;
                 io.us.session = NO_SESSION;
@@ -923,7 +1019,7 @@ pub fn after_fork_child() {
         close_fd(w.app_wake.swap(-1, Ordering::AcqRel));
         close_fd(w.stack_wake.swap(-1, Ordering::AcqRel));
     }
-    close_fd(l.control);
+    close_fd(l.control.swap(-1, Ordering::AcqRel));
     // SAFETY: the segment mapping of the parent's link; no view of it is used again.
     unsafe { libc::munmap(l.segment.base().cast(), l.map_len) };
     for s in BY_SESSION.iter() {

@@ -54,6 +54,10 @@ pub struct UsSock {
     /// shutdown(SHUT_RD): reads return 0 from now on.
     pub shut_rd: bool,
     pub nodelay: bool,
+    /// A listener: LISTEN was answered by BOUND in this process (see `io::join`), and the
+    /// backlog listen() asked for.
+    pub joined: bool,
+    pub backlog: u32,
     /// LISTEN: the listener id from BOUND, and BOUND's result (None: not answered yet).
     pub listener: u32,
     pub bound: Option<i32>,
@@ -88,6 +92,8 @@ impl UsSock {
             shut_wr: false,
             shut_rd: false,
             nodelay: false,
+            joined: false,
+            backlog: 0,
             listener: 0,
             bound: None,
             accept_queue: VecDeque::new(),
