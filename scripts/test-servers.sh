@@ -10,7 +10,25 @@
 #            a second server block (upstream keepalive); curl compares sha256; wrk must
 #            see no non-2xx/3xx answers and no socket errors; a reload (SIGHUP, new
 #            workers forked) must keep serving.
-#   haproxy  2 threads (the Envoy-like multi-threaded proxy) in front of an nginx; wrk.
+#   haproxy  2 threads in front of an nginx; wrk. (haproxy 2.6's threads share one
+#            listener: not Envoy's model, hence mtproxy.)
+#   mtproxy  the project's own Envoy-shaped proxy (tests/progs/mt_proxy.c, compiled into
+#            the work dir): 2 threads, each with its own edge-triggered epoll and its own
+#            SO_REUSEPORT listener on one port, one upstream connection per client, in
+#            front of an nginx. Checked: one listener per thread; curl 1 KiB and 1 MiB
+#            (single and keep-alive) and 16 MiB read at 16 MB/s (backpressure: some
+#            proxy write must find its destination full), sha256 equal; a client reset
+#            mid-transfer; wrk; a half-close both ways through a second proxy to a sink
+#            that answers only after the FIN (scripts/lib/mtproxy_client.py); the same
+#            proxy against a refusing upstream (the client is reset at once); no socket
+#            left open; exit 0 on SIGTERM with every thread having accepted connections
+#            (its per-thread counts); with the shim, every mt_proxy thread's own
+#            counters show accepts and io_uring sockets, and every client and upstream
+#            socket went onto io_uring. netns only: 20 sequential `Connection: close`
+#            requests and 20 held connections of one client through a fresh proxy, with
+#            the shim under RINGSHIM_BALANCE=exact (asserted: all 20 closed ones on one
+#            thread, ties going to the lowest listener; the held ones 10/10), without it
+#            under the kernel's hash (shown).
 #
 # Server shapes of issue #5 (netns place only, each without and with the shim):
 #   redis shapes  a master with io-threads 4 + io-threads-do-reads and an AOF: MONITOR;
@@ -23,7 +41,7 @@
 #                 while wrk runs: no non-2xx, and wrk's errors and the time the old
 #                 processes take to exit compared with the run without the shim.
 #
-# Each of the first three runs in two places:
+# Each of the first four runs in two places:
 #   loopback  everything on 127.0.0.1, RINGSHIM_KERNEL_NETS=none so loopback is routed
 #             through the shim;
 #   netns     server in namespace rs-srv-PID at 198.51.100.1 (TEST-NET-2), clients in
@@ -32,9 +50,12 @@
 #             accelerated, nginx's proxy_pass to 127.0.0.1 stays on the kernel path).
 #
 #   bash scripts/test-servers.sh [loopback] [netns]     (default: both; netns needs root)
+#   RS_SCENARIOS=mtproxy,nginx bash scripts/test-servers.sh     (only these; names: redis
+#       nginx haproxy mtproxy redis-shapes nginx-shapes nginx-upgrade; default: all)
 #
 # Environment: RINGSHIM_LIB (default target/release/libringshim.so), CI=true (a missing
-# netns capability is a failure instead of a skip), KEEP_WORKDIR=1 (keep the temp dir).
+# netns capability is a failure instead of a skip), KEEP_WORKDIR=1 (keep the temp dir),
+# RS_SCENARIOS (above).
 # All traffic stays on 127.0.0.1 or inside the namespaces this script creates; every
 # load run is bounded in requests or seconds and by `timeout`.
 set -euo pipefail
@@ -51,6 +72,8 @@ VETH_CLI="rs-c$$"
 NETNS_CREATED=0
 
 WORK=""
+MTPROXY="" # the compiled tests/progs/mt_proxy.c
+SCENARIO_NAMES="redis nginx haproxy mtproxy redis-shapes nginx-shapes nginx-upgrade"
 RESULTS=() # "name|PASS|seconds" rows for the summary
 
 # ---------------------------------------------------------------------------------------
@@ -111,7 +134,7 @@ expect_comm() {
 # dump_logs DIR: the tail of a failed scenario's server logs.
 dump_logs() {
     local f
-    for f in "$1"/redis.log "$1"/master.log "$1"/replica.log "$1"/error.log "$1"/nginx.out "$1"/haproxy.log; do
+    for f in "$1"/redis.log "$1"/master.log "$1"/replica.log "$1"/error.log "$1"/nginx.out "$1"/haproxy.log "$1"/mtproxy*.log; do
         [[ -s "$f" ]] || continue
         printf '  --- tail of %s ---\n' "$f"
         tail -n 15 "$f" | sed 's/^/  | /'
@@ -451,6 +474,254 @@ EOF
     stop_pid "$pid" 10
     stop_nginx "$d"
     no_crash_lines "$d/haproxy.log" '\[ALERT\]' "haproxy logged alerts"
+}
+
+# ---------------------------------------------------------------------------------------
+# mt_proxy (tests/progs/mt_proxy.c): the Envoy thread model haproxy does not have here.
+# haproxy 2.6 shares one listener between its threads; Envoy gives every worker thread
+# its own event loop and its own SO_REUSEPORT listener. mt_proxy is that shape: N
+# threads, each with its own epoll (edge-triggered) and listener on one address:port,
+# one upstream connection per client connection.
+
+MTP_THREADS=2
+
+# srv_ss ARGS...: ss in the server's network namespace.
+srv_ss() { "${SRV_PRE[@]}" ss "$@"; }
+
+# mtproxy_start LOG PORT UPSTREAM_PORT [VAR=VALUE...]: mt_proxy with MTP_THREADS threads
+# on ADDR:PORT in front of ADDR:UPSTREAM_PORT (server side, SHIM_ENV plus the variables
+# given); sets MTP_PID. Waits for its "ready" line (every thread listens) rather than
+# probing the port, so the per-thread counts hold only the scenario's own connections.
+mtproxy_start() {
+    local logf="$1" port="$2" up="$3" i n
+    shift 3
+    start_bg "$logf" "${SRV_PRE[@]}" "${SHIM_ENV[@]}" "$@" "$MTPROXY" \
+        -l "$ADDR:$port" -u "$ADDR:$up" -t "$MTP_THREADS"
+    MTP_PID=$RS_LAST_PID
+    for ((i = 0; i < 150; i++)); do
+        grep -qs '^mt_proxy: ready' "$logf" && break
+        alive "$MTP_PID" || { cat "$logf"; die "mt_proxy exited before listening"; }
+        sleep 0.1
+    done
+    grep -qs '^mt_proxy: ready' "$logf" || { cat "$logf"; die "mt_proxy not ready after 15 s"; }
+    expect_comm "$MTP_PID" mt_proxy
+    # The thread model itself: one listening socket per thread on the one port.
+    n="$(srv_ss -Htlnp "sport = :$port" | awk -v p="pid=$MTP_PID," 'index($0, p) { n++ } END { print n + 0 }')"
+    ((n == MTP_THREADS)) || { srv_ss -Htlnp "sport = :$port"; die "mt_proxy has $n listening sockets on port $port, expected $MTP_THREADS (one SO_REUSEPORT listener per thread)"; }
+}
+
+# mtproxy_idle PID: waits (at most 5 s) until PID holds no socket but its MTP_THREADS
+# listeners (counted in /proc/PID/fd: a connection finished both ways but never closed
+# is in no TCP state ss lists); fails naming what it still holds. Every client of the
+# scenario has finished by then, so a socket left is one the proxy leaked.
+mtproxy_idle() {
+    local pid="$1" i n=0
+    for ((i = 0; i < 100; i++)); do
+        n="$(find "/proc/$pid/fd" -lname 'socket:*' 2>/dev/null | wc -l)" || true
+        ((n == MTP_THREADS)) && return 0
+        sleep 0.05
+    done
+    srv_ss -Htanp | grep -F "pid=$pid," || true
+    die "mt_proxy $pid still holds $n sockets ($MTP_THREADS listeners) 5 s after its clients finished"
+}
+
+# mtproxy_stop PID LOG: SIGTERM; mt_proxy must exit 0 within 10 s having printed one
+# "thread I accepted A open O stalled S" line per thread. Sets MTP_ACCEPTED (per thread,
+# in thread order), MTP_TOTAL, MTP_OPEN and MTP_STALLED (sums over the threads).
+mtproxy_stop() {
+    local pid="$1" logf="$2" i rc=0 lines
+    kill -TERM "$pid"
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        stop_pid "$pid" 1
+        die "mt_proxy $pid did not exit within 10 s of SIGTERM"
+    fi
+    wait "$pid" || rc=$?
+    ((rc == 0)) || { cat "$logf"; die "mt_proxy exited with status $rc after SIGTERM"; }
+    lines="$(grep -c '^thread [0-9]* accepted [0-9]* open [0-9]* stalled [0-9]*$' "$logf" || true)"
+    ((lines == MTP_THREADS)) || { cat "$logf"; die "mt_proxy printed $lines per-thread lines, expected $MTP_THREADS"; }
+    read -r -a MTP_ACCEPTED <<<"$(awk '$1 == "thread" { printf "%s ", $4 }' "$logf")"
+    MTP_TOTAL="$(awk '$1 == "thread" { n += $4 } END { print n + 0 }' "$logf")"
+    MTP_OPEN="$(awk '$1 == "thread" { n += $6 } END { print n + 0 }' "$logf")"
+    MTP_STALLED="$(awk '$1 == "thread" { n += $8 } END { print n + 0 }' "$logf")"
+}
+
+# spread: MTP_ACCEPTED as "a/b/..." into SPREAD, its extremes into SPREAD_MAX, SPREAD_MIN.
+spread() {
+    local v
+    SPREAD_MAX=0 SPREAD_MIN=""
+    for v in "${MTP_ACCEPTED[@]}"; do
+        if ((v > SPREAD_MAX)); then SPREAD_MAX=$v; fi
+        if [[ -z "$SPREAD_MIN" ]] || ((v < SPREAD_MIN)); then SPREAD_MIN=$v; fi
+    done
+    SPREAD="$(IFS=/; echo "${MTP_ACCEPTED[*]}")"
+}
+
+scenario_mtproxy() {
+    local where="$1" mode="$2" d port pid f url got i
+    place "$where" "$mode"
+    d="$WORK/mtproxy-$where-$mode"
+    SCEN_DIR="$d"
+    mkdir -p "$d"
+    chmod 755 "$d"
+    start_nginx "$d"
+    # Larger than the socket buffers between the proxy and a slow reader can hold.
+    head -c 16777216 /dev/urandom >"$d/www/16m.bin"
+    chmod a+r "$d/www/16m.bin"
+    port="$(free_port "$NS_FOR_PORTS")"
+    mtproxy_start "$d/mtproxy.log" "$port" "$NGINX_PORT"
+    pid=$MTP_PID
+    local workers
+    workers="$(cat "/proc/$pid/task"/*/comm 2>/dev/null | grep -c '^mtp-w' || true)"
+    ((workers == MTP_THREADS)) || die "mt_proxy runs $workers worker threads, expected $MTP_THREADS"
+    ok "mt_proxy pid $pid: $MTP_THREADS threads, each with its own epoll and SO_REUSEPORT listener on $ADDR:$port -> nginx $NGINX_PORT"
+    check_preload "$mode" "$pid"
+
+    # 1 KiB and 1 MiB, one connection each, then both on one keep-alive connection.
+    local -a curl_args=()
+    for f in 1k.bin 1m.bin; do
+        url="http://$ADDR:$port/$f"
+        "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 -o "$d/got" "$url" || die "curl $url via mt_proxy failed"
+        [[ "$(sha "$d/got")" == "$(sha "$d/www/$f")" ]] || die "curl $url via mt_proxy: content differs"
+        curl_args+=(-o "$d/got.$f" "$url")
+    done
+    "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 "${curl_args[@]}" || die "curl keep-alive via mt_proxy failed"
+    for f in 1k.bin 1m.bin; do
+        [[ "$(sha "$d/got.$f")" == "$(sha "$d/www/$f")" ]] || die "keep-alive $f via mt_proxy: content differs"
+    done
+    ok "curl 1 KiB and 1 MiB via mt_proxy, single and keep-alive: sha256 equal"
+
+    # Backpressure: a reader at 16 MB/s behind a fast upstream; the proxy must stop
+    # reading nginx while the client's side is full (counted as "stalled" below).
+    url="http://$ADDR:$port/16m.bin"
+    "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 --limit-rate 16M -o "$d/got" "$url" || die "slow curl $url via mt_proxy failed"
+    [[ "$(sha "$d/got")" == "$(sha "$d/www/16m.bin")" ]] || die "slow curl 16 MiB via mt_proxy: content differs"
+    ok "slow reader (16 MB/s), 16 MiB via mt_proxy: sha256 equal"
+
+    # A client reset in the middle of 16 MiB: the proxy ends both sockets, keeps serving.
+    got="$("${CLI_PRE[@]}" timeout 30 python3 "$RS_ROOT/scripts/lib/mtproxy_client.py" reset "$ADDR" "$port" /16m.bin)" ||
+        die "reset via mt_proxy: $got"
+    "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 -o "$d/got" "http://$ADDR:$port/1k.bin" || die "curl after a client reset failed"
+    [[ "$(sha "$d/got")" == "$(sha "$d/www/1k.bin")" ]] || die "curl after a client reset: content differs"
+    ok "$got; the next request is served"
+
+    wrk_check "mt_proxy $where" "http://$ADDR:$port/1k.bin" "$d/wrk.log" 2
+
+    # Half-close, through a second mt_proxy whose upstream is a sink that answers only
+    # after the FIN (scripts/lib/mtproxy_client.py): 4 MiB, the client's FIN, the same
+    # 4 MiB back, then the sink's FIN. Then the sink stops, and the same proxy meets an
+    # upstream that refuses: the client must see its connection end at once (reset).
+    local sport dport sinkpid rc=0
+    sport="$(free_port "$NS_FOR_PORTS")"
+    dport="$(free_port "$NS_FOR_PORTS")"
+    while [[ "$dport" == "$port" || "$dport" == "$sport" ]]; do dport="$(free_port "$NS_FOR_PORTS")"; done
+    start_bg "$d/sink.log" "${SRV_PRE[@]}" python3 "$RS_ROOT/scripts/lib/mtproxy_client.py" sink "$ADDR" "$sport"
+    sinkpid=$RS_LAST_PID
+    wait_tcp "$ADDR" "$sport" "$sinkpid" 15 "$CLI_NS" || die "the sink did not start"
+    mtproxy_start "$d/mtproxy-sink.log" "$dport" "$sport"
+    got="$("${CLI_PRE[@]}" timeout 30 python3 "$RS_ROOT/scripts/lib/mtproxy_client.py" halfclose "$ADDR" "$dport" 4194304)" ||
+        die "half-close via mt_proxy: $got"
+    ok "$got"
+    stop_pid "$sinkpid" 5
+    no_crash_lines "$d/sink.log" '^sink:' "the sink saw an error"
+    "${CLI_PRE[@]}" timeout 30 curl -sS --max-time 10 -o /dev/null "http://$ADDR:$dport/1k.bin" 2>"$d/curl-refused.err" || rc=$?
+    # The reset can reach curl while it still waits for its connect to complete (7),
+    # while it sends the request (55) or while it waits for the answer (56); 28 would
+    # be a proxy that never ended the connection. That the proxy accepted the connection
+    # (so 7 is its reset, not a refused SYN) is checked on its count below.
+    ((rc == 7 || rc == 55 || rc == 56)) || { cat "$d/curl-refused.err"; die "curl via mt_proxy to a refusing upstream: exit $rc, expected 7, 55 or 56 (the proxy resets the connection)"; }
+    mtproxy_idle "$MTP_PID"
+    mtproxy_stop "$MTP_PID" "$d/mtproxy-sink.log"
+    ((MTP_TOTAL == 2)) || die "mt_proxy (sink, then refusing upstream) accepted $MTP_TOTAL connections, expected 2"
+    ((MTP_OPEN == 0)) || die "mt_proxy (sink, then refusing upstream) still had $MTP_OPEN connection(s) open"
+    ok "refusing upstream: the proxy accepted the connection and reset it at once ($(head -c 80 "$d/curl-refused.err" | tr -d '\n'))"
+
+    alive "$pid" || die "mt_proxy died"
+    if [[ "$mode" == shim ]]; then
+        show_stats "$pid" "mt_proxy"
+        # Every worker thread accepted client connections itself and its sockets were
+        # on its own io_uring.
+        assert_thread_counter "$pid" mtp-w accepts 1
+        assert_thread_counter "$pid" mtp-w sockets_on_uring 1
+        # Every client connection (accepted) and every upstream one (connected) went
+        # onto io_uring, not merely some.
+        local acc con
+        acc="$(counter_value "$pid" accepts)"
+        con="$(counter_value "$pid" connects)"
+        assert_counter "$pid" sockets_on_uring "$((acc + con))"
+        ok "counters: all $acc client sockets and $con upstream sockets of mt_proxy were on io_uring"
+    fi
+    mtproxy_idle "$pid"
+    mtproxy_stop "$pid" "$d/mtproxy.log"
+    info "per-thread counts: $(grep '^thread ' "$d/mtproxy.log" | paste -sd';' | sed 's/;/; /g')"
+    spread
+    for i in "${!MTP_ACCEPTED[@]}"; do
+        ((MTP_ACCEPTED[i] >= 1)) || die "mt_proxy thread $i accepted no connection (per thread: $SPREAD)"
+    done
+    ((MTP_OPEN == 0)) || die "mt_proxy had $MTP_OPEN connection(s) open at SIGTERM after every client finished"
+    ((MTP_STALLED >= 1)) || die "no write of mt_proxy ever found its destination full: the slow reader did not exercise backpressure"
+    ok "mt_proxy exited 0 on SIGTERM; every thread accepted connections ($SPREAD); none left open; $MTP_STALLED stalled writes"
+
+    if [[ "$where" == netns ]]; then
+        mtproxy_balance "$d"
+    fi
+    stop_nginx "$d"
+    for f in "$d"/mtproxy*.log; do no_crash_lines "$f" '^mt_proxy: error' "mt_proxy reported an error"; done
+}
+
+# mtproxy_balance DIR: one client's connections, one after another, through a fresh
+# mt_proxy: with the shim and RINGSHIM_BALANCE=exact (the reuseport eBPF steering of
+# src/balance.rs) the spread is asserted, without the shim (the kernel's 4-tuple hash)
+# only shown.
+#   close  20 curl requests with `Connection: close`, each connection gone from the
+#          proxy before the next starts. exact counts *open* connections, and each
+#          connection meets only zeros, a tie, which goes to the lowest listener index:
+#          all 20 land on one thread (under the hash: probability 2^-19).
+#   held   20 connections, each answered and kept open before the next opens: exact
+#          must alternate, 10/10 (max - min <= 1).
+# Together they fail if the steering is off (close: spread), ignores closes (close:
+# 10/10), or never retargets (held: 20/0).
+mtproxy_balance() {
+    local d="$1" port i a b f
+    local -a benv=()
+    [[ "$MODE" == shim ]] && benv=(RINGSHIM_BALANCE=exact)
+
+    port="$(free_port "$NS_FOR_PORTS")"
+    mtproxy_start "$d/mtproxy-close.log" "$port" "$NGINX_PORT" "${benv[@]}"
+    for ((i = 0; i < 20; i++)); do
+        "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 -H 'Connection: close' -o /dev/null "http://$ADDR:$port/1k.bin" ||
+            die "curl $i (Connection: close) failed"
+        mtproxy_idle "$MTP_PID"
+    done
+    [[ "$MODE" == shim ]] && assert_counter "$MTP_PID" balance_decisions 1
+    mtproxy_stop "$MTP_PID" "$d/mtproxy-close.log"
+    spread
+    a=$SPREAD
+    local close_max=$SPREAD_MAX
+
+    port="$(free_port "$NS_FOR_PORTS")"
+    mtproxy_start "$d/mtproxy-held.log" "$port" "$NGINX_PORT" "${benv[@]}"
+    "${CLI_PRE[@]}" timeout 60 python3 "$RS_ROOT/scripts/lib/mtproxy_client.py" hold "$ADDR" "$port" 20 /1k.bin >/dev/null ||
+        die "20 held connections via mt_proxy failed"
+    [[ "$MODE" == shim ]] && assert_counter "$MTP_PID" balance_decisions 20
+    mtproxy_idle "$MTP_PID"
+    mtproxy_stop "$MTP_PID" "$d/mtproxy-held.log"
+    spread
+    b=$SPREAD
+
+    if [[ "$MODE" != shim ]]; then
+        ok "kernel hash, per-thread accepts: 20 sequential Connection: close $a; 20 held open $b"
+        return 0
+    fi
+    for f in "$d/mtproxy-close.log" "$d/mtproxy-held.log"; do
+        no_crash_lines "$f" 'unavailable' "RINGSHIM_BALANCE=exact could not be set up"
+    done
+    ((close_max == 20)) || die "exact, 20 sequential Connection: close: per thread $a, expected all 20 on one thread (ties to the lowest listener)"
+    ((SPREAD_MAX - SPREAD_MIN <= 1)) || die "exact, 20 held connections: per thread $b, expected max - min <= 1"
+    ok "exact, per-thread accepts: 20 sequential Connection: close $a (all on the lowest listener: ties); 20 held open $b (max - min $((SPREAD_MAX - SPREAD_MIN)))"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -1011,14 +1282,22 @@ summary() {
     ((fail == 0))
 }
 
+# want NAME: true when scenario NAME is selected (RS_SCENARIOS unset or empty: all).
+want() { [[ -z "${RS_SCENARIOS:-}" || ",${RS_SCENARIOS// /}," == *",$1,"* ]]; }
+
 main() {
     local -a places=("$@")
     ((${#places[@]} > 0)) || places=(loopback netns)
-    local where mode
+    local where mode s
     for where in "${places[@]}"; do
         [[ "$where" == loopback || "$where" == netns ]] || die "unknown place '$where' (loopback, netns)"
     done
-    require_cmd redis-server redis-cli redis-benchmark nginx haproxy curl wrk ss ip sha256sum timeout python3
+    local -a selected=()
+    IFS=', ' read -r -a selected <<<"${RS_SCENARIOS:-}"
+    for s in "${selected[@]}"; do
+        [[ " $SCENARIO_NAMES " == *" $s "* ]] || die "RS_SCENARIOS: unknown scenario '$s' ($SCENARIO_NAMES)"
+    done
+    require_cmd redis-server redis-cli redis-benchmark nginx haproxy curl wrk ss ip sha256sum timeout python3 cc
     require_lib
 
     WORK="$(mktemp -d /tmp/ringshim-servers.XXXXXX)"
@@ -1030,6 +1309,10 @@ main() {
     export RINGSHIM_STATS_DIR="$WORK/stats"
     : >"$WORK/metrics.tsv"
     trap cleanup EXIT
+    # The project's own Envoy-shaped proxy, built from source for this run.
+    MTPROXY="$WORK/mt_proxy"
+    cc -O2 -g -Wall -Wextra -Werror -pthread -o "$MTPROXY" "$RS_ROOT/tests/progs/mt_proxy.c" ||
+        die "cannot compile tests/progs/mt_proxy.c"
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
@@ -1051,16 +1334,17 @@ main() {
             fi
         fi
         for mode in kernel shim; do
-            run_scenario "redis   $where $mode" scenario_redis "$where" "$mode"
-            run_scenario "nginx   $where $mode" scenario_nginx "$where" "$mode"
-            run_scenario "haproxy $where $mode" scenario_haproxy "$where" "$mode"
+            want redis && run_scenario "redis   $where $mode" scenario_redis "$where" "$mode"
+            want nginx && run_scenario "nginx   $where $mode" scenario_nginx "$where" "$mode"
+            want haproxy && run_scenario "haproxy $where $mode" scenario_haproxy "$where" "$mode"
+            want mtproxy && run_scenario "mtproxy $where $mode" scenario_mtproxy "$where" "$mode"
             if [[ "$where" == netns ]]; then
                 # After the kernel run, whose error counts are the shim run's baseline.
-                run_scenario "redis   shapes $where $mode" scenario_redis_shapes "$where" "$mode"
-                run_scenario "nginx   shapes $where $mode" scenario_nginx_shapes "$where" "$mode"
+                want redis-shapes && run_scenario "redis   shapes $where $mode" scenario_redis_shapes "$where" "$mode"
+                want nginx-shapes && run_scenario "nginx   shapes $where $mode" scenario_nginx_shapes "$where" "$mode"
             fi
         done
-        if [[ "$where" == loopback ]]; then
+        if [[ "$where" == loopback ]] && want nginx-upgrade; then
             run_scenario "nginx   USR2 upgrade" scenario_nginx_upgrade
         fi
     done

@@ -11,7 +11,7 @@
 #   fmt         cargo fmt --all --check
 #   clippy      cargo clippy --workspace --all-targets -- -D warnings
 #   cargo-test  cargo test --workspace: unit, kernel, preload and differential tests
-#   servers     scripts/test-servers.sh: redis, nginx, haproxy with and without the shim
+#   servers     scripts/test-servers.sh: redis, nginx, haproxy, mt_proxy with and without the shim
 #   cpython     scripts/test-cpython.sh: CPython's socket suites with and without the shim
 #
 # Which libringshim.so: `cargo test` builds and uses the debug library (debug assertions
