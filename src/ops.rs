@@ -80,6 +80,10 @@ pub unsafe fn accept_kernel(
         }
     }
     errno::preserve(|| {
+        // A fork child's page is published by its first tracked socket: publish first,
+        // or this accept is counted on the private page and lost (nginx workers
+        // showed accepts one short).
+        stats::ensure_published();
         stats::bump(Counter::Accepts);
         let family = i32::from(peer.ss_family);
         let Some(rec) = sock::track(nfd, family, flags & libc::SOCK_NONBLOCK != 0) else {

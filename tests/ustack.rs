@@ -295,6 +295,55 @@ fn redis_server_serves_redis_benchmark_through_stackd() {
     assert!(srv.wait_exit(LIMIT).is_some(), "{}", srv.stderr());
 }
 
+#[test]
+fn a_thousand_connections_checksummed_through_stackd() {
+    if !ready("a_thousand_connections_checksummed_through_stackd") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    let prog = c_program_with("st_stress", "", &["-Wextra"]);
+    // The server under the shim on the wildcard (both stacks), two threads with their own
+    // epoll instances sharing the listener, edge-triggered.
+    let mut server = LiveProcess::spawn({
+        let mut c = under_shim(&st, &[&prog], &[("ST_SERVER_ADDR", "0.0.0.0")]);
+        c.args(["server", "et", "shared", "2"]);
+        c
+    });
+    let port = server.wait_line("PORT ", LIMIT);
+    // A kernel client: 1,000 concurrent connections with random 1 B..256 KiB messages,
+    // half-closes, resets and slow readers, every byte checksummed; then 2,000 short
+    // connections.
+    let mut client = Command::new("ip");
+    client
+        .args(["netns", "exec", &st.ns.name])
+        .arg(&prog)
+        .args(["client", &port, "1000", "2000", "11", "262144"])
+        .env("ST_CLIENT_ADDR", "198.51.100.2");
+    let r = run_limited(client, Duration::from_secs(120));
+    assert!(
+        r.ok() && r.stdout.contains("CLIENT ok"),
+        "{}\n{}",
+        r.describe(),
+        server.stderr()
+    );
+    let counters = shim_counters(server.pid).expect("server counters");
+    assert!(
+        counters["sockets_on_ustack"] >= 3000,
+        "every connection through stackd: {counters:?}"
+    );
+    send_signal(server.pid, libc::SIGTERM);
+    assert!(
+        server.wait_exit(LIMIT).is_some_and(|s| s.success()),
+        "{}",
+        server.stderr()
+    );
+    let summary = server.stdout();
+    assert!(
+        summary.contains("accepted=3000 closed=3000") && summary.contains("leftover=0"),
+        "{summary}"
+    );
+}
+
 /// The nginx configuration of the tests: `workers` worker processes (which run as
 /// nobody, so stackd must accept that group), a 1 KiB and a 1 MiB file, sendfile and
 /// tcp_nopush on, listening on the wildcard (both stacks).

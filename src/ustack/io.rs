@@ -455,6 +455,7 @@ unsafe fn accept_session(
         super::abort_session(p.session);
         return Err(Errno(e));
     }
+    stats::ensure_published();
     stats::bump(Counter::Accepts);
     let Some(rec) = crate::socket::track(nfd, family, flags & libc::SOCK_NONBLOCK != 0) else {
         // Untrackable (fd beyond the table): the session cannot be served.

@@ -29,6 +29,15 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+/* ST_SERVER_ADDR / ST_CLIENT_ADDR (dotted IPv4): where the server binds and the client
+ * connects instead of 127.0.0.1 (tests/ustack.rs: 0.0.0.0 under the shim, the
+ * user-space stack's address for the kernel client). */
+static void st_env_addr(const char *var, struct sockaddr_in *a) {
+    const char *v = getenv(var);
+    if (v != NULL && *v != '\0')
+        CHECK(inet_pton(AF_INET, v, &a->sin_addr) == 1, "bad address in ST_*_ADDR");
+}
+
 /* Bytes moved per read()/write() call, and the server's per-connection echo buffer. */
 #define CHUNK (64 * 1024)
 #define SRV_BUF (32 * 1024)
@@ -366,6 +375,7 @@ static void mode_server(int argc, char **argv) {
                 OK(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one));
             struct sockaddr_storage ss;
             socklen_t len = pl_loopback(AF_INET, port, &ss);
+            st_env_addr("ST_SERVER_ADDR", (struct sockaddr_in *)&ss);
             OK(bind(fd, (struct sockaddr *)&ss, len));
             /* Room for all 1000 concurrent connects at once (somaxconn caps it). */
             OK(listen(fd, 4096));
@@ -745,6 +755,7 @@ static void mode_client(int argc, char **argv) {
     cl.addr.sin_family = AF_INET;
     cl.addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cl.addr.sin_port = htons((uint16_t)port);
+    st_env_addr("ST_CLIENT_ADDR", &cl.addr);
     cl.maxmsg = maxmsg;
     /* Optional: one kind of connection only, to narrow a failure down. */
     cl.only = -1;
