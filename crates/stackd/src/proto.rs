@@ -13,7 +13,8 @@
 //!
 //!    The connection is the application's lifeline: when stackd sees EOF or an error on
 //!    it, the application is dead; stackd resets its connections, closes its listeners
-//!    and unmaps its segment.
+//!    (on a shared port: its memberships only, see [`MsgKind::Listen`]) and unmaps its
+//!    segment.
 //! 2. **Data**, in the segment ([`SegmentLayout`]): per worker two single-producer
 //!    single-consumer rings of 64-byte [`Msg`]s (app → stack, stack → app), and per
 //!    session an rx and a tx byte [`Fifo`], addressed by session index, never by pointer.
@@ -306,8 +307,23 @@ pub mod sockopt {
 pub enum MsgKind {
     /// cookie, local (0.0.0.0 = any address of the stack; port 0 = pick one), arg =
     /// backlog, flags NODELAY. Answered by BOUND.
+    ///
+    /// **Shared ports.** A LISTEN on a port that already listens *joins* it (the workers
+    /// of a forking server, each attached on its own, all listening on what they
+    /// inherited) when the application's uid (SO_PEERCRED, taken when it connected to the
+    /// control socket) is the uid of the applications listening there and `local.addr`
+    /// is the same (both 0.0.0.0, or both the stack's address). Any other uid or address:
+    /// BOUND with EADDRINUSE. stackd does not look at SO_REUSEPORT: the kernel side of
+    /// the shim's listener has already refused a bind the kernel would refuse. Each
+    /// LISTEN that gets the port is a member with its own listener id, cookie and worker;
+    /// the port's pool of listening sockets is as large as its largest member's backlog
+    /// asks and lives while one member remains.
     Listen = 1,
-    /// arg = the listener id from BOUND. Closes the listener (no reply).
+    /// arg = the listener id from BOUND. Removes that listener (no reply). On a shared
+    /// port only this member goes: the port keeps listening for the others, and nothing
+    /// accepted is reset (neither the others' sessions nor this application's). When the
+    /// last member goes (UNLISTEN or its application's detach), the port stops listening
+    /// and its half-open connections are reset.
     Unlisten = 2,
     /// cookie, remote, local (optional address/port), flags NODELAY. Answered by CONNECTED.
     Connect = 3,
@@ -325,11 +341,17 @@ pub enum MsgKind {
     /// session: the application freed space in the rx fifo after stackd asked for it.
     RxDrained = 8,
 
-    /// cookie, arg = listener id, local (the bound port), result (EADDRINUSE,
-    /// EADDRNOTAVAIL, EINVAL).
+    /// cookie, arg = listener id (this LISTEN's own, also when it joined a shared port),
+    /// local (the bound port), result (EADDRINUSE: the port listens for another uid or
+    /// another address, or no port 0 pick was free; EADDRNOTAVAIL; EINVAL).
     Bound = 64,
     /// cookie = the listener's cookie, arg = listener id, session = the new session,
-    /// local, remote. Sent when the handshake completes (the backlog is the ring).
+    /// local, remote. Sent when the handshake completes (the backlog is the ring), to
+    /// the worker that sent the LISTEN. On a shared port each connection goes to exactly
+    /// one member: the one with the fewest sessions accepted through it and not yet
+    /// CLOSEd by its application (a session the peer reset counts until its CLOSE); ties
+    /// go round robin in join order. A member whose application has no free session slot
+    /// is passed over; the connection is reset only when no member has one.
     Accepted = 65,
     /// cookie, session (NO_SESSION on failure), local, remote, result (ECONNREFUSED,
     /// ETIMEDOUT, EADDRNOTAVAIL, ENETUNREACH, ENOBUFS).

@@ -411,15 +411,20 @@ fn a_peer_with_another_uid_is_refused_unless_in_the_allowed_group() {
     );
 }
 
-/// Not a test on its own: the application process of `killing_the_app_*`, started by that
-/// test as a child (this binary re-run with RINGSHIM_STACKD_TEST_CHILD set).
+/// Not a test on its own: the application process of `killing_the_app_*` and
+/// `a_member_that_dies_*`, started by those tests as a child (this binary re-run with
+/// RINGSHIM_STACKD_TEST_CHILD set; it listens on RINGSHIM_STACKD_TEST_PORT, default 7200).
 #[test]
 fn child_app_process() {
     let Ok(control) = std::env::var("RINGSHIM_STACKD_TEST_CHILD") else {
         return;
     };
+    let port = std::env::var("RINGSHIM_STACKD_TEST_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(7200);
     let mut app = EchoApp::attach(std::path::Path::new(&control)).expect("child attach");
-    app.listen(7200, 16);
+    app.listen(port, 16);
     println!("READY");
     std::io::stdout().flush().unwrap();
     loop {
@@ -427,12 +432,9 @@ fn child_app_process() {
     }
 }
 
-#[test]
-fn killing_the_app_resets_its_connections_and_frees_its_port() {
-    if !common::require_root("killing_the_app_resets_its_connections_and_frees_its_port") {
-        return;
-    }
-    let stackd = Stackd::start(&[]);
+/// Starts `child_app_process` (an echo app in a process of its own, listening on `port`)
+/// and waits until it listens.
+fn spawn_child_app(stackd: &Stackd, port: u16) -> ChildGuard {
     let mut child = ChildGuard(
         Command::new(std::env::current_exe().unwrap())
             .args([
@@ -442,12 +444,23 @@ fn killing_the_app_resets_its_connections_and_frees_its_port() {
                 "--test-threads=1",
             ])
             .env("RINGSHIM_STACKD_TEST_CHILD", &stackd.control)
+            .env("RINGSHIM_STACKD_TEST_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn the app process"),
     );
     common::wait_for_line(child.0.stdout.take().unwrap(), "READY");
+    child
+}
+
+#[test]
+fn killing_the_app_resets_its_connections_and_frees_its_port() {
+    if !common::require_root("killing_the_app_resets_its_connections_and_frees_its_port") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut child = spawn_child_app(&stackd, 7200);
 
     let mut stream = stackd
         .ns
@@ -507,6 +520,9 @@ fn an_app_that_corrupts_its_segment_is_detached_and_others_keep_working() {
     let mut good = EchoApp::attach(&stackd.control).expect("attach the good app");
     bad.listen(7500, 8);
     good.listen(7501, 8);
+    // The good app also shares the bad app's port (it joined second: the first connection
+    // goes to the bad app).
+    good.listen(7500, 8);
     let (mut to_bad, mut to_good) = stackd.ns.run_in(|| {
         (
             TcpStream::connect(Stackd::addr(7500)).unwrap(),
@@ -560,7 +576,352 @@ fn an_app_that_corrupts_its_segment_is_detached_and_others_keep_working() {
     });
     serve_until(&mut good, Duration::from_secs(10), || reader.is_finished());
     assert_eq!(&reader.join().unwrap().unwrap(), b"still here");
+    // The port it shared with the bad app listens on, for the good app alone.
+    let good = good.serve_in_background();
+    echo_through(&stackd, 7500, 1);
+    let good = good.stop();
+    assert_eq!(
+        good.accepted, 2,
+        "its connection on 7501 and the new one on 7500"
+    );
     drop(bad);
+}
+
+// --- Shared listeners: several applications of one uid on one port (nginx workers) ---
+
+/// A kernel client in the namespace connected to the stack's `port` (10 s read timeout).
+fn connect_to(stackd: &Stackd, port: u16) -> TcpStream {
+    let stream = stackd
+        .ns
+        .run_in(move || {
+            TcpStream::connect_timeout(&Stackd::addr(port).into(), Duration::from_secs(5))
+        })
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// One connection: sends 16 KiB of pattern `seed`, half-closes, reads the echo to EOF and
+/// asserts it is byte-exact.
+fn echo_through(stackd: &Stackd, port: u16, seed: u64) {
+    let mut stream = connect_to(stackd, port);
+    let data = pattern(16 << 10, seed);
+    stream.write_all(&data).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    stream
+        .read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("connection {seed}: {e}"));
+    assert_eq!(
+        (got.len(), checksum(&got)),
+        (data.len(), checksum(&data)),
+        "echo of connection {seed}"
+    );
+}
+
+/// One exchange on an open connection; the echo must be byte-exact.
+fn ping(stream: &mut TcpStream, seed: u64) -> std::io::Result<()> {
+    let msg = pattern(100, seed);
+    stream.write_all(&msg)?;
+    let mut back = vec![0u8; msg.len()];
+    stream.read_exact(&mut back)?;
+    assert_eq!(back, msg, "echo on a kept connection");
+    Ok(())
+}
+
+fn local_port(stream: &TcpStream) -> u16 {
+    stream.local_addr().unwrap().port()
+}
+
+/// A kernel peer whose app died: the connection is reset or ends, and no byte comes.
+fn assert_reset_or_eof(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "no bytes after the app died"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "expected a reset or EOF, got {e}"
+        ),
+    }
+}
+
+/// Until stackd has `count` segments mapped (an app's detach is done).
+fn wait_for_segments(stackd: &Stackd, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stackd.mapped_segments() != count {
+        assert!(
+            Instant::now() < deadline,
+            "stackd still maps {} segments, expected {count}",
+            stackd.mapped_segments()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lets uid 65534 (in group 4242, stackd's --allow-group) connect to the control socket.
+fn open_control_to_group(stackd: &Stackd) {
+    std::fs::set_permissions(&stackd.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// An echo app of uid 65534 (attached from a thread with those credentials; SO_PEERCRED
+/// is taken at connect, so the app can be used from any thread afterwards).
+fn attach_as_nobody(stackd: &Stackd) -> EchoApp {
+    let control = stackd.control.clone();
+    as_nobody(Some(4242), move || {
+        EchoApp::attach(&control).expect("uid 65534 in --allow-group attaches")
+    })
+}
+
+#[test]
+fn two_apps_of_one_uid_share_a_port_and_split_its_connections() {
+    if !common::require_root("two_apps_of_one_uid_share_a_port_and_split_its_connections") {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut a = EchoApp::attach(&stackd.control).expect("attach A");
+    let mut b = EchoApp::attach(&stackd.control).expect("attach B");
+    let (id_a, _) = a.listen(8000, 16);
+    // The second LISTEN on the port joins the first instead of failing with EADDRINUSE.
+    let (id_b, port) = b.listen(8000, 16);
+    assert_eq!(port, 8000);
+    assert_ne!(id_a, id_b, "each member has a listener id of its own");
+    let (a, b) = (a.serve_in_background(), b.serve_in_background());
+    for seed in 1..=20 {
+        echo_through(&stackd, 8000, seed);
+    }
+    let (a, b) = (a.stop(), b.stop());
+    eprintln!("20 connections: A {}, B {}", a.accepted, b.accepted);
+    assert_eq!(
+        a.accepted + b.accepted,
+        20,
+        "every connection accepted once"
+    );
+    assert!(
+        a.accepted >= 8 && b.accepted >= 8,
+        "split {}/{}",
+        a.accepted,
+        b.accepted
+    );
+    assert!(
+        a.accepted_via.iter().all(|&id| id == id_a),
+        "A's ACCEPTED name A's listener"
+    );
+    assert!(
+        b.accepted_via.iter().all(|&id| id == id_b),
+        "B's ACCEPTED name B's listener"
+    );
+    assert_eq!((a.closed, b.closed), (a.accepted, b.accepted));
+    assert_eq!((a.resets, b.resets), (0, 0));
+}
+
+#[test]
+fn a_shared_port_gives_a_new_connection_to_the_member_with_fewest_open() {
+    if !common::require_root("a_shared_port_gives_a_new_connection_to_the_member_with_fewest_open")
+    {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    let mut a = EchoApp::attach(&stackd.control).expect("attach A");
+    let mut b = EchoApp::attach(&stackd.control).expect("attach B");
+    a.listen(8100, 16);
+    b.listen(8100, 16);
+    let (a_serving, b_serving) = (a.serve_in_background(), b.serve_in_background());
+    // Four connections kept open: 2 and 2.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_to(&stackd, 8100)).collect();
+    for (i, stream) in held.iter_mut().enumerate() {
+        ping(stream, i as u64).expect("echo on a new connection");
+    }
+    let (a, b) = (a_serving.stop(), b_serving.stop());
+    assert_eq!(
+        (a.accepted, b.accepted),
+        (2, 2),
+        "open connections split evenly"
+    );
+    // A's two end (its app closes them after the echo); B keeps its two.
+    let (mut on_a, on_b): (Vec<TcpStream>, Vec<TcpStream>) =
+        held.into_iter().partition(|s| a.served_port(local_port(s)));
+    assert_eq!((on_a.len(), on_b.len()), (2, 2));
+    let (a_serving, b_serving) = (a.serve_in_background(), b.serve_in_background());
+    for stream in on_a.iter_mut() {
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).expect("EOF after A's close");
+    }
+    // A now has 0 open, B 2: the next two go to A (round robin alone would split them).
+    let mut fresh: Vec<TcpStream> = (0..2).map(|_| connect_to(&stackd, 8100)).collect();
+    for (i, stream) in fresh.iter_mut().enumerate() {
+        ping(stream, 10 + i as u64).expect("echo on a new connection");
+    }
+    let (a, b) = (a_serving.stop(), b_serving.stop());
+    for stream in &fresh {
+        assert!(
+            a.served_port(local_port(stream)),
+            "a new connection went to the busier member: A {} B {}",
+            a.accepted,
+            b.accepted
+        );
+    }
+    assert_eq!((a.accepted, b.accepted), (4, 2));
+    drop(on_b);
+}
+
+#[test]
+fn a_member_that_dies_leaves_the_port_and_its_connections_to_the_others() {
+    if !common::require_root("a_member_that_dies_leaves_the_port_and_its_connections_to_the_others")
+    {
+        return;
+    }
+    let stackd = Stackd::start(&[]);
+    // A: an echo app in a process of its own (killed with -9 below); B: this process.
+    let mut child = spawn_child_app(&stackd, 8200);
+    let mut b = EchoApp::attach(&stackd.control).expect("attach B");
+    b.listen(8200, 16);
+    let b_serving = b.serve_in_background();
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_to(&stackd, 8200)).collect();
+    for (i, stream) in held.iter_mut().enumerate() {
+        ping(stream, i as u64).expect("echo on a new connection");
+    }
+    let b = b_serving.stop();
+    assert_eq!(b.accepted, 2, "A (the child) served the other two");
+    let (mut on_b, mut on_a): (Vec<TcpStream>, Vec<TcpStream>) =
+        held.into_iter().partition(|s| b.served_port(local_port(s)));
+    let b_serving = b.serve_in_background();
+
+    child.kill9();
+    for stream in on_a.iter_mut() {
+        assert_reset_or_eof(stream);
+    }
+    wait_for_segments(&stackd, 1);
+    // B's connections are untouched ...
+    for (i, stream) in on_b.iter_mut().enumerate() {
+        ping(stream, 100 + i as u64).expect("B's connection survives A's death");
+    }
+    // ... and the port keeps listening: every new connection goes to B.
+    for seed in 1..=10 {
+        echo_through(&stackd, 8200, seed);
+    }
+    let b = b_serving.stop();
+    assert_eq!(b.accepted, 12, "the ten new connections all went to B");
+    assert_eq!(b.resets, 0, "none of B's connections was reset");
+    assert!(
+        stackd.log_text().contains("2 connection(s) reset"),
+        "{}",
+        stackd.log_text()
+    );
+}
+
+#[test]
+fn another_uid_or_another_address_cannot_join_a_port() {
+    if !common::require_root("another_uid_or_another_address_cannot_join_a_port") {
+        return;
+    }
+    let stackd = Stackd::start(&["--allow-group", "4242"]);
+    open_control_to_group(&stackd);
+    let mut a = EchoApp::attach(&stackd.control).expect("attach A");
+    a.listen(8300, 16);
+    let stack_ip = common::STACK_IP.octets();
+
+    let mut nobody = attach_as_nobody(&stackd);
+    let reply = nobody.try_listen([0; 4], 8300, 16);
+    assert_eq!(reply.result, libc::EADDRINUSE, "uid 65534 on root's port");
+    let reply = nobody.try_listen(stack_ip, 8300, 16);
+    assert_eq!(
+        reply.result,
+        libc::EADDRINUSE,
+        "uid 65534, specific address"
+    );
+    // It may listen at all: the refusal is about the port.
+    assert_eq!(nobody.try_listen([0; 4], 8301, 16).result, 0);
+
+    // Same uid, but the stack's address where the port listens on the wildcard (and the
+    // other way round): the addresses are not compatible.
+    let mut b = EchoApp::attach(&stackd.control).expect("attach B");
+    let reply = b.try_listen(stack_ip, 8300, 16);
+    assert_eq!(
+        reply.result,
+        libc::EADDRINUSE,
+        "specific address on a wildcard port"
+    );
+    assert_eq!(b.try_listen(stack_ip, 8302, 16).result, 0);
+    let reply = a.try_listen([0; 4], 8302, 16);
+    assert_eq!(
+        reply.result,
+        libc::EADDRINUSE,
+        "wildcard on a specific-address port"
+    );
+
+    // The refusals left the port to A alone.
+    let (a_serving, b_serving) = (a.serve_in_background(), b.serve_in_background());
+    let nobody_serving = nobody.serve_in_background();
+    for seed in 1..=3 {
+        echo_through(&stackd, 8300, seed);
+    }
+    let (a, b, nobody) = (a_serving.stop(), b_serving.stop(), nobody_serving.stop());
+    assert_eq!((a.accepted, b.accepted, nobody.accepted), (3, 0, 0));
+}
+
+#[test]
+fn the_port_is_free_again_when_its_last_member_leaves() {
+    if !common::require_root("the_port_is_free_again_when_its_last_member_leaves") {
+        return;
+    }
+    let stackd = Stackd::start(&["--allow-group", "4242"]);
+    open_control_to_group(&stackd);
+    let mut a = EchoApp::attach(&stackd.control).expect("attach A");
+    let mut b = EchoApp::attach(&stackd.control).expect("attach B");
+    let (id_a, _) = a.listen(8400, 16);
+    b.listen(8400, 16);
+    let (a_serving, b_serving) = (a.serve_in_background(), b.serve_in_background());
+    // The first connection goes to A (both idle, A joined first); it stays open.
+    let mut kept = connect_to(&stackd, 8400);
+    ping(&mut kept, 1).expect("echo");
+    let mut a = a_serving.stop();
+    assert_eq!(a.accepted, 1);
+    // A leaves the port (UNLISTEN; the LISTEN on another port after it is a barrier:
+    // stackd handles one app's messages in order).
+    a.unlisten(id_a);
+    a.listen(8401, 8);
+    let a_serving = a.serve_in_background();
+    for seed in 1..=4 {
+        echo_through(&stackd, 8400, seed);
+    }
+    // A's connection outlives its UNLISTEN.
+    ping(&mut kept, 2).expect("A's connection survives its UNLISTEN");
+    let b = b_serving.stop();
+    assert_eq!(
+        b.accepted, 4,
+        "after A's UNLISTEN every connection goes to B"
+    );
+
+    // B, the last member, detaches: the port's pool is closed ...
+    drop(b);
+    wait_for_segments(&stackd, 1);
+    let refused = stackd
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&Stackd::addr(8400).into(), Duration::from_secs(5)));
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "nobody listens on the port any more"
+    );
+    // ... and the port is free for anyone, even another uid (a lingering group of root's
+    // would refuse it).
+    let mut c = attach_as_nobody(&stackd);
+    assert_eq!(
+        c.try_listen([0; 4], 8400, 16).result,
+        0,
+        "the port is free again"
+    );
+    let c_serving = c.serve_in_background();
+    echo_through(&stackd, 8400, 5);
+    let c = c_serving.stop();
+    assert_eq!(c.accepted, 1);
+    ping(&mut kept, 3).expect("A's connection is still there");
+    let a = a_serving.stop();
+    assert_eq!(a.accepted, 1);
 }
 
 /// Attaches, listens, opens one connection and exchanges a byte, then measures stackd's

@@ -50,6 +50,9 @@ pub struct App {
     pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) pid: i32,
+    /// The peer's uid from SO_PEERCRED at connect time: listeners on one port are shared
+    /// only between applications of the same uid.
+    pub(crate) uid: u32,
     control: OwnedFd,
     /// Credentials passed the check; otherwise the first request is answered EACCES.
     allowed: bool,
@@ -64,6 +67,7 @@ impl std::fmt::Debug for App {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("pid", &self.pid)
+            .field("uid", &self.uid)
             .finish()
     }
 }
@@ -205,6 +209,7 @@ impl Stack {
                     id,
                     name: String::new(),
                     pid,
+                    uid,
                     control: sock,
                     allowed,
                     attached: None,
@@ -411,8 +416,9 @@ impl Stack {
         self.reply(id, reply, &fds)
     }
 
-    /// The app is gone (or stackd stops): reset its connections, close its listeners,
-    /// unmap its segment.
+    /// The app is gone (or stackd stops): reset its connections, close its listeners (its
+    /// memberships only: a port shared with other applications keeps listening for them,
+    /// and their connections are untouched), unmap its segment.
     pub(crate) fn detach_app(&mut self, id: u32, reason: &str) {
         let Some(mut app) = self.apps.remove(&id) else {
             return;

@@ -33,7 +33,7 @@ use crate::sys::cvt;
 use crate::tap::Tap;
 
 pub use app::App;
-use session::{Closing, Listener};
+use session::{Closing, ListenGroup, Listener};
 
 static LOG_LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
 
@@ -139,8 +139,10 @@ pub struct Stack {
     control: OwnedFd,
     pub(crate) apps: HashMap<u32, App>,
     next_app_id: u32,
+    /// Every LISTEN that got a port, by the id BOUND gave it.
     pub(crate) listeners: HashMap<u32, Listener>,
-    pub(crate) listening_ports: HashMap<u16, u32>,
+    /// Listening ports: each one's pool and members.
+    pub(crate) groups: HashMap<u16, ListenGroup>,
     next_listener_id: u32,
     pub(crate) ports_in_use: HashSet<u16>,
     next_ephemeral: u16,
@@ -276,7 +278,7 @@ impl Stack {
             apps: HashMap::new(),
             next_app_id: 1,
             listeners: HashMap::new(),
-            listening_ports: HashMap::new(),
+            groups: HashMap::new(),
             next_listener_id: 1,
             ports_in_use: HashSet::new(),
             next_ephemeral,
@@ -470,7 +472,7 @@ impl Stack {
             } else {
                 port + 1
             };
-            if !self.ports_in_use.contains(&port) && !self.listening_ports.contains_key(&port) {
+            if !self.ports_in_use.contains(&port) && !self.groups.contains_key(&port) {
                 return Some(port);
             }
         }

@@ -3,11 +3,25 @@
 //!
 //! **Listen backlog.** smoltcp has no accept queue: one socket in LISTEN takes one SYN and
 //! becomes the connection; a SYN that finds no listening socket is answered with RST. So a
-//! listener here is a pool of listening sockets on the same port, refilled after every
+//! listening port here is a pool of listening sockets on the same port, refilled after every
 //! received frame that changed a socket (see `poll_network`), up to `max(backlog, 8)`
 //! sockets in LISTEN (at most 64: smoltcp scans every socket for every segment), plus up to
-//! 1024 half-open ones. A pooled socket whose handshake completes is handed to the
+//! 1024 half-open ones. A pooled socket whose handshake completes is handed to an
 //! application at once as ACCEPTED: the accept queue is the application's ring.
+//!
+//! **Shared listeners.** A port's pool belongs to a [`ListenGroup`]; each LISTEN that gets
+//! it is a [`Listener`] (a member, with its own id, cookie and worker). A LISTEN on a port
+//! that already has a group joins it when the application's uid (SO_PEERCRED at attach)
+//! is the group's and the address is the same (both the wildcard, or both the stack's
+//! address); otherwise EADDRINUSE. That is how the workers of a forking server (nginx: the
+//! master listens, each worker attaches on its own) or the reuseport listeners of a
+//! threaded one share a port. Each completed connection goes to ONE member: the one with
+//! the fewest sessions accepted through it and not yet closed by its application (CLOSE
+//! frees the slot; a session reset by the peer still counts until then), ties broken
+//! round robin in join order; a member whose application has no free session slot is
+//! skipped (the connection is reset only when no member has one). UNLISTEN or the member
+//! application's detach removes that member only; the pool, its half-open connections and
+//! the other members' sessions are untouched. The last member's removal closes the pool.
 //!
 //! **Data.** Each turn moves bytes from smoltcp's receive buffer into the session's rx
 //! fifo (the fifo's free space plus smoltcp's buffer is the advertised window) and from the
@@ -56,6 +70,8 @@ pub(crate) struct Slot {
 pub(crate) struct Session {
     pub(crate) handle: SocketHandle,
     pub(crate) worker: u32,
+    /// The listener (member) it was accepted through, whose open count it is in.
+    listener: Option<u32>,
     /// CONNECT's cookie (for CONNECTED and a CLOSE of a pending connect).
     cookie: u64,
     /// The ephemeral port this session reserved (outgoing connections).
@@ -74,6 +90,7 @@ impl Session {
         Session {
             handle,
             worker,
+            listener: None,
             cookie: 0,
             local_port: None,
             connecting: None,
@@ -100,14 +117,33 @@ pub(crate) struct Closing {
     reset_at_deadline: bool,
 }
 
-/// A listening port: a pool of smoltcp sockets in LISTEN (and half-open ones).
+/// One LISTEN that got a port: an application's membership of the port's
+/// [`ListenGroup`], under the id BOUND gave it (UNLISTEN names it).
 pub(crate) struct Listener {
     pub(crate) app: u32,
     worker: u32,
     cookie: u64,
+    port: u16,
+    /// This member's backlog, clamped: the pool keeps the largest of its members'.
+    target_listening: usize,
+    nodelay: bool,
+    /// Sessions accepted through this member that its application has not closed yet.
+    open: u32,
+}
+
+/// A listening port: a pool of smoltcp sockets in LISTEN (and half-open ones) shared by
+/// its members, every one an application of `uid`.
+pub(crate) struct ListenGroup {
+    uid: u32,
     endpoint: IpListenEndpoint,
+    /// Listener ids, in join order.
+    members: Vec<u32>,
+    /// Position in `members` where the round robin among equally loaded members starts.
+    next: usize,
     target_listening: usize,
     max_embryonic: usize,
+    /// For new pool sockets (the first member's); each accepted socket then takes its
+    /// member's setting.
     nodelay: bool,
     pool: Vec<SocketHandle>,
 }
@@ -317,6 +353,9 @@ impl Stack {
     pub(super) fn on_listen(&mut self, app: u32, worker: u32, msg: &Msg) {
         let mut reply = Msg::new(MsgKind::Bound);
         reply.cookie = msg.cookie;
+        let Some(uid) = self.apps.get(&app).map(|a| a.uid) else {
+            return;
+        };
         let addr = match msg.local.addr {
             [0, 0, 0, 0] => None,
             a if a == self.config.ip.octets() => Some(IpAddress::Ipv4(a.into())),
@@ -325,16 +364,33 @@ impl Stack {
                 return self.post_to(app, worker, reply);
             }
         };
+        // Port 0 picks a port nobody listens on: it never joins.
         let port = if msg.local.port == 0 {
             self.pick_ephemeral_port()
         } else {
             Some(msg.local.port)
         };
-        let Some(port) = port.filter(|p| !self.listening_ports.contains_key(p)) else {
+        let Some(port) = port else {
             reply.result = libc::EADDRINUSE;
             return self.post_to(app, worker, reply);
         };
-        let backlog = msg.arg as usize;
+        let target_listening = (msg.arg as usize).clamp(8, MAX_LISTENING_POOL);
+        let nodelay = msg.flags & msg_flags::NODELAY != 0;
+        let endpoint = IpListenEndpoint { addr, port };
+        let joined = match self.groups.get(&port) {
+            None => false,
+            Some(group) if group.uid == uid && group.endpoint == endpoint => true,
+            Some(group) => {
+                log!(
+                    LogLevel::Debug,
+                    "app {app} (uid {uid}): port {port} is taken by uid {} on {}",
+                    group.uid,
+                    group.endpoint
+                );
+                reply.result = libc::EADDRINUSE;
+                return self.post_to(app, worker, reply);
+            }
+        };
         let id = self.new_listener_id();
         self.listeners.insert(
             id,
@@ -342,27 +398,70 @@ impl Stack {
                 app,
                 worker,
                 cookie: msg.cookie,
-                endpoint: IpListenEndpoint { addr, port },
-                target_listening: backlog.clamp(8, MAX_LISTENING_POOL),
-                max_embryonic: MAX_EMBRYONIC,
-                nodelay: msg.flags & msg_flags::NODELAY != 0,
-                pool: Vec::new(),
+                port,
+                target_listening,
+                nodelay,
+                open: 0,
             },
         );
-        self.listening_ports.insert(port, id);
+        let group = self.groups.entry(port).or_insert_with(|| ListenGroup {
+            uid,
+            endpoint,
+            members: Vec::new(),
+            next: 0,
+            target_listening,
+            max_embryonic: MAX_EMBRYONIC,
+            nodelay,
+            pool: Vec::new(),
+        });
+        group.members.push(id);
+        group.target_listening = group.target_listening.max(target_listening);
+        let members = group.members.len();
         self.service_listeners();
         reply.arg = id;
         reply.local = Endpoint::new(addr.map_or([0; 4], |_| self.config.ip.octets()), port);
-        log!(LogLevel::Debug, "app {app}: listener {id} on port {port}");
+        if joined {
+            log!(
+                LogLevel::Debug,
+                "app {app}: listener {id} joins port {port} ({members} members)"
+            );
+        } else {
+            log!(LogLevel::Debug, "app {app}: listener {id} on port {port}");
+        }
         self.post_to(app, worker, reply);
     }
 
+    /// Removes one member; the last member's removal closes the port's pool (its
+    /// half-open connections are reset). Sessions already accepted stay their apps'.
     pub(crate) fn close_listener(&mut self, id: u32) {
         let Some(listener) = self.listeners.remove(&id) else {
             return;
         };
-        self.listening_ports.remove(&listener.endpoint.port);
-        for handle in listener.pool {
+        let port = listener.port;
+        let Some(group) = self.groups.get_mut(&port) else {
+            return;
+        };
+        group.members.retain(|&member| member != id);
+        if !group.members.is_empty() {
+            let listeners = &self.listeners;
+            group.target_listening = group
+                .members
+                .iter()
+                .filter_map(|member| listeners.get(member))
+                .map(|member| member.target_listening)
+                .max()
+                .unwrap_or(group.target_listening);
+            log!(
+                LogLevel::Debug,
+                "listener {id} leaves port {port} ({} members left)",
+                group.members.len()
+            );
+            return;
+        }
+        let Some(group) = self.groups.remove(&port) else {
+            return;
+        };
+        for handle in group.pool {
             if self.sockets.get::<tcp::Socket>(handle).state() == State::Listen {
                 self.sockets.remove(handle);
             } else {
@@ -371,14 +470,14 @@ impl Stack {
         }
     }
 
-    /// Refills every listener's pool and hands completed handshakes to their apps.
+    /// Refills every port's pool and hands completed handshakes to their apps.
     pub(super) fn service_listeners(&mut self) {
-        let mut accepted: Vec<(u32, SocketHandle)> = Vec::new();
+        let mut accepted: Vec<(u16, SocketHandle)> = Vec::new();
         let mut dead: Vec<SocketHandle> = Vec::new();
-        for (&id, listener) in self.listeners.iter_mut() {
+        for (&port, group) in self.groups.iter_mut() {
             let sockets = &mut self.sockets;
             let mut listening = 0;
-            listener
+            group
                 .pool
                 .retain(|&handle| match sockets.get::<tcp::Socket>(handle).state() {
                     State::Listen => {
@@ -387,7 +486,7 @@ impl Stack {
                     }
                     State::SynReceived => true,
                     State::Established | State::CloseWait => {
-                        accepted.push((id, handle));
+                        accepted.push((port, handle));
                         false
                     }
                     _ => {
@@ -395,56 +494,112 @@ impl Stack {
                         false
                     }
                 });
-            while listening < listener.target_listening
-                && listener.pool.len() < listener.target_listening + listener.max_embryonic
+            while listening < group.target_listening
+                && group.pool.len() < group.target_listening + group.max_embryonic
             {
-                let mut socket = new_socket(listener.nodelay);
-                if socket.listen(listener.endpoint).is_err() {
+                let mut socket = new_socket(group.nodelay);
+                if socket.listen(group.endpoint).is_err() {
                     break;
                 }
-                listener.pool.push(sockets.add(socket));
+                group.pool.push(sockets.add(socket));
                 listening += 1;
             }
         }
         for handle in dead {
             self.abort_socket(handle, None);
         }
-        for (id, handle) in accepted {
-            self.accept(id, handle);
+        for (port, handle) in accepted {
+            self.accept(port, handle);
         }
     }
 
-    /// Gives an established pooled socket to the listener's app as a new session.
-    fn accept(&mut self, listener_id: u32, handle: SocketHandle) {
-        let Some(listener) = self.listeners.get(&listener_id) else {
+    /// The port's members in the order they should be offered a new connection: fewest
+    /// open sessions first, equals in round-robin order starting at the group's cursor.
+    fn accept_order(&self, group: &ListenGroup) -> Vec<(usize, u32)> {
+        let count = group.members.len();
+        let mut order: Vec<(u32, usize, usize, u32)> = group
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(position, id)| {
+                let open = self.listeners.get(id)?.open;
+                let turn = (position + count - group.next % count) % count;
+                Some((open, turn, position, *id))
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, pos, id)| (pos, id)).collect()
+    }
+
+    /// Gives an established pooled socket to one member of the port's group as a new
+    /// session (see the module documentation for the choice).
+    fn accept(&mut self, port: u16, handle: SocketHandle) {
+        let Some(group) = self.groups.get(&port) else {
             return self.abort_socket(handle, None);
         };
-        let (app_id, worker, cookie) = (listener.app, listener.worker, listener.cookie);
+        let order = self.accept_order(group);
         let socket = self.sockets.get::<tcp::Socket>(handle);
         let (local, remote, state) = (
             to_endpoint(socket.local_endpoint()),
             to_endpoint(socket.remote_endpoint()),
             socket.state(),
         );
-        let Some(id) = self
-            .apps
-            .get_mut(&app_id)
-            .and_then(|app| allocate_slot(app, Session::new(handle, worker, state)))
-        else {
-            self.counters.accepts_refused_no_slot += 1;
-            log!(
-                LogLevel::Debug,
-                "app {app_id}: no free session slot; resetting a new connection"
+        for (position, listener_id) in order {
+            let Some(listener) = self.listeners.get(&listener_id) else {
+                continue;
+            };
+            let (app_id, worker, cookie, nodelay) = (
+                listener.app,
+                listener.worker,
+                listener.cookie,
+                listener.nodelay,
             );
-            return self.abort_socket(handle, None);
-        };
-        self.counters.sessions_accepted += 1;
-        let mut msg = Msg::for_session(MsgKind::Accepted, id);
-        msg.cookie = cookie;
-        msg.arg = listener_id;
-        msg.local = local;
-        msg.remote = remote;
-        self.post_to(app_id, worker, msg);
+            let mut session = Session::new(handle, worker, state);
+            session.listener = Some(listener_id);
+            let Some(id) = self
+                .apps
+                .get_mut(&app_id)
+                .and_then(|app| allocate_slot(app, session))
+            else {
+                log!(
+                    LogLevel::Debug,
+                    "app {app_id}: no free session slot for a connection on port {port}"
+                );
+                continue;
+            };
+            if let Some(listener) = self.listeners.get_mut(&listener_id) {
+                listener.open += 1;
+            }
+            if let Some(group) = self.groups.get_mut(&port) {
+                group.next = position + 1;
+            }
+            self.sockets
+                .get_mut::<tcp::Socket>(handle)
+                .set_nagle_enabled(!nodelay);
+            self.counters.sessions_accepted += 1;
+            let mut msg = Msg::for_session(MsgKind::Accepted, id);
+            msg.cookie = cookie;
+            msg.arg = listener_id;
+            msg.local = local;
+            msg.remote = remote;
+            return self.post_to(app_id, worker, msg);
+        }
+        self.counters.accepts_refused_no_slot += 1;
+        log!(
+            LogLevel::Debug,
+            "port {port}: no member has a free session slot; resetting a new connection"
+        );
+        self.abort_socket(handle, None)
+    }
+
+    /// A session accepted through `listener` is closed by its app: one fewer open.
+    fn release_accepted(&mut self, app: u32, listener: Option<u32>) {
+        if let Some(listener) = listener
+            .and_then(|id| self.listeners.get_mut(&id))
+            .filter(|l| l.app == app)
+        {
+            listener.open = listener.open.saturating_sub(1);
+        }
     }
 
     pub(super) fn on_connect(&mut self, app: u32, worker: u32, msg: &Msg) {
@@ -550,6 +705,7 @@ impl Stack {
             || self.sockets.get::<tcp::Socket>(handle).recv_queue() > 0;
         if abort {
             if let Some(session) = self.free_slot(app, index) {
+                self.release_accepted(app, session.listener);
                 self.abort_socket(session.handle, session.local_port);
             }
         }
@@ -636,6 +792,7 @@ impl Stack {
         let mut posts: Vec<(u32, Msg)> = Vec::new();
         let mut retired: Vec<(SocketHandle, Option<u16>)> = Vec::new();
         let mut discarded: Vec<(SocketHandle, Option<u16>)> = Vec::new();
+        let mut released: Vec<(u32, Option<u32>)> = Vec::new();
         for app in self.apps.values_mut() {
             let Some(attached) = app.attached.as_mut() else {
                 continue;
@@ -665,6 +822,7 @@ impl Stack {
                     Disposition::Discard => discarded.push((session.handle, session.local_port)),
                     Disposition::Retire => retired.push((session.handle, session.local_port)),
                 }
+                released.push((app.id, session.listener));
                 slot.session = None;
                 attached.free_slots.push(index as u32);
             }
@@ -682,6 +840,9 @@ impl Stack {
         }
         for (handle, port) in retired {
             self.retire(handle, port);
+        }
+        for (app, listener) in released {
+            self.release_accepted(app, listener);
         }
         progress
     }

@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ringshim_stackd::client::{self, AttachOptions, Attachment, Worker};
@@ -22,6 +25,10 @@ pub struct EchoApp {
     pub worker: Worker,
     sessions: HashMap<SessionId, EchoSession>,
     pub accepted: usize,
+    /// The remote endpoint of every ACCEPTED, in order (which kernel client it serves).
+    pub peers: Vec<Endpoint>,
+    /// The listener id (`arg`) of every ACCEPTED, in order.
+    pub accepted_via: Vec<u32>,
     pub resets: usize,
     pub closed: usize,
 }
@@ -40,6 +47,8 @@ impl EchoApp {
             worker,
             sessions: HashMap::new(),
             accepted: 0,
+            peers: Vec::new(),
+            accepted_via: Vec::new(),
             resets: 0,
             closed: 0,
         })
@@ -47,16 +56,50 @@ impl EchoApp {
 
     /// LISTEN and wait for BOUND; returns (listener id, port).
     pub fn listen(&mut self, port: u16, backlog: u32) -> (u32, u16) {
+        let reply = self.try_listen([0; 4], port, backlog);
+        assert_eq!(reply.result, 0, "BOUND result");
+        (reply.arg, reply.local.port)
+    }
+
+    /// LISTEN on `addr:port` and return BOUND as it came (result not checked).
+    pub fn try_listen(&mut self, addr: [u8; 4], port: u16, backlog: u32) -> Msg {
         let mut msg = Msg::new(MsgKind::Listen);
         msg.cookie = 0x11;
-        msg.local = Endpoint::new([0; 4], port);
+        msg.local = Endpoint::new(addr, port);
         msg.arg = backlog;
         msg.flags = msg_flags::NODELAY;
         self.worker.send(&msg).expect("send LISTEN");
         let reply = self.expect_kind(MsgKind::Bound);
-        assert_eq!(reply.result, 0, "BOUND result");
         assert_eq!(reply.cookie, 0x11);
-        (reply.arg, reply.local.port)
+        reply
+    }
+
+    /// UNLISTEN the listener BOUND named `id`.
+    pub fn unlisten(&mut self, id: u32) {
+        let mut msg = Msg::new(MsgKind::Unlisten);
+        msg.arg = id;
+        self.worker.send(&msg).expect("send UNLISTEN");
+    }
+
+    /// Whether this app accepted the connection whose kernel end is bound to `port`.
+    pub fn served_port(&self, port: u16) -> bool {
+        self.peers.iter().any(|p| p.port == port)
+    }
+
+    /// Serves on a thread of its own until [`Serving::stop`], like a worker process would.
+    pub fn serve_in_background(mut self) -> Serving {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                self.step(Duration::from_millis(20)).expect("app step");
+            }
+            self
+        });
+        Serving {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Serves messages until one of `kind` arrives (which is returned, not served).
@@ -90,6 +133,8 @@ impl EchoApp {
         match msg.kind() {
             Some(MsgKind::Accepted) => {
                 self.accepted += 1;
+                self.peers.push(msg.remote);
+                self.accepted_via.push(msg.arg);
                 self.sessions.insert(msg.session, EchoSession::default());
                 self.pump(msg.session)
             }
@@ -143,5 +188,29 @@ impl EchoApp {
             self.worker.send(&Msg::for_session(MsgKind::Close, id))?;
         }
         Ok(())
+    }
+}
+
+/// An [`EchoApp`] serving on its own thread.
+pub struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<EchoApp>>,
+}
+
+impl Serving {
+    /// Stops serving and gives the app back (to inspect it, or to serve it again).
+    pub fn stop(mut self) -> EchoApp {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("still serving");
+        thread.join().expect("serving thread panicked")
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
