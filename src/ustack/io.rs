@@ -476,6 +476,7 @@ unsafe fn accept_session(
         io.us.remote = p.remote;
     }
     super::bind_session(p.session, rec);
+    super::take_early_end(p.session, rec);
     rec.engine.store(Engine::Ustack as u8, Ordering::Release);
     stats::bump(Counter::SocketsOnUstack);
     stats::bump(Counter::RoutedAccelerated);

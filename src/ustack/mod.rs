@@ -43,7 +43,9 @@ use crate::errno::Errno;
 use crate::real;
 use crate::socket::{SocketRecord, SOCKETS};
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 use ringshim_stackd::proto::{
     self, control_kind, ControlReply, ControlRequest, Direction, Fifo, Msg, MsgKind, Ring, Segment,
     SegmentHeader, SegmentLayout, NO_SESSION,
@@ -110,6 +112,15 @@ static LINK: AtomicPtr<Link> = AtomicPtr::new(core::ptr::null_mut());
 static EPOCH: AtomicU32 = AtomicU32::new(1);
 /// session index → 1 + socket record id (0: none).
 static BY_SESSION: [AtomicU32; MAX_SESSIONS] = [const { AtomicU32::new(0) }; MAX_SESSIONS];
+/// Sessions whose end (DISCONNECTED or RESET) stackd reported while they still waited in
+/// a listener's accept queue: no socket owns them yet, so the end is kept here, per
+/// session index, until accept() binds the session ([`take_early_end`]). A client that
+/// connects, sends its request and closes before the server accepts is common (wrk at
+/// the end of a run, health checks); without this its EOF was lost and the server held
+/// the connection until its own timeout (nginx's graceful quit waited 60 s).
+static EARLY_END: [AtomicU64; MAX_SESSIONS] = [const { AtomicU64::new(NO_SESSION) }; MAX_SESSIONS];
+/// The error of an early end: 0 for an orderly one (EOF), else the reset's errno.
+static EARLY_ERROR: [AtomicI32; MAX_SESSIONS] = [const { AtomicI32::new(0) }; MAX_SESSIONS];
 /// Threads sleeping in a blocking ustack call (see [`wake_blocked`]).
 static BLOCKED: AtomicU32 = AtomicU32::new(0);
 
@@ -949,28 +960,67 @@ fn on_message(msg: &Msg) {
                 notify(rec);
             }
         }
-        Some(MsgKind::Disconnected) => {
-            if let Some(rec) = session_rec(msg.session) {
-                rec.lock_io().us.eof = true;
-                notify(rec);
-            }
-        }
-        Some(MsgKind::Reset) => {
-            if let Some(rec) = session_rec(msg.session) {
-                {
-                    let mut io = rec.lock_io();
-                    io.us.reset = true;
-                    io.us.error = if msg.result > 0 {
-                        msg.result
-                    } else {
-                        libc::ECONNRESET
-                    };
-                }
-                notify(rec);
-            }
-        }
+        Some(MsgKind::Disconnected) => end_session(msg.session, 0),
+        Some(MsgKind::Reset) => end_session(
+            msg.session,
+            if msg.result > 0 {
+                msg.result
+            } else {
+                libc::ECONNRESET
+            },
+        ),
         _ => {}
     }
+}
+
+/// The peer ended `session`: orderly (`error` 0) or by a reset (`error` its errno).
+fn end_session(session: u64, error: i32) {
+    if let Some(rec) = session_rec(session) {
+        apply_end(rec, error);
+        return;
+    }
+    let i = proto::session_index(session) as usize;
+    let (Some(slot), Some(err)) = (EARLY_END.get(i), EARLY_ERROR.get(i)) else {
+        return;
+    };
+    // A reset after an orderly end still wins (the kernel reports ECONNRESET then).
+    if error != 0 || slot.load(Ordering::Acquire) != session {
+        err.store(error, Ordering::Relaxed);
+    }
+    slot.store(session, Ordering::SeqCst);
+    // accept() may have bound the session between the look-up above and the store; then
+    // it may also have missed the store, and whichever side swaps the slot applies it.
+    if let Some(rec) = session_rec(session) {
+        take_early_end(session, rec);
+    }
+}
+
+/// Called by accept() once `session` is bound to `rec`: applies an end stackd reported
+/// while the session still waited in the accept queue.
+pub fn take_early_end(session: u64, rec: &SocketRecord) {
+    let i = proto::session_index(session) as usize;
+    let (Some(slot), Some(err)) = (EARLY_END.get(i), EARLY_ERROR.get(i)) else {
+        return;
+    };
+    if slot
+        .compare_exchange(session, NO_SESSION, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        apply_end(rec, err.load(Ordering::Relaxed));
+    }
+}
+
+fn apply_end(rec: &SocketRecord, error: i32) {
+    {
+        let mut io = rec.lock_io();
+        if error == 0 {
+            io.us.eof = true;
+        } else {
+            io.us.reset = true;
+            io.us.error = error;
+        }
+    }
+    notify(rec);
 }
 
 /// The socket that owns `session`, if its record still names it.
