@@ -309,7 +309,13 @@ fn eof_and_reset_before_accept_are_not_lost() {
     let server = script("late_accept.py");
     let mut srv = LiveProcess::spawn(under_shim(
         &st,
-        &[&py, &server, Path::new("7300"), Path::new("2")],
+        &[
+            &py,
+            &server,
+            Path::new("7300"),
+            Path::new("2"),
+            Path::new("watch"),
+        ],
         &[],
     ));
     srv.wait_line("listening", LIMIT);
@@ -368,6 +374,44 @@ fn eof_and_reset_before_accept_are_not_lost() {
     let second = srv.wait_line("conn 1:", LIMIT);
     assert_eq!(first, "9 bytes then eof", "{}", srv.stderr());
     assert_eq!(second, "9 bytes then reset", "{}", srv.stderr());
+    assert!(
+        srv.wait_exit(LIMIT).is_some_and(|s| s.success()),
+        "{}",
+        srv.stderr()
+    );
+}
+
+/// A listener that has only been listen()ed is a passive member of its port in stackd:
+/// peers that connect before the first accept wait in stackd's backlog (the kernel's
+/// behaviour) instead of being refused, and their data and FIN are all there at accept.
+#[test]
+fn connections_before_the_first_accept_wait_in_the_backlog() {
+    if !ready("connections_before_the_first_accept_wait_in_the_backlog") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    let py = python();
+    let server = script("late_accept.py");
+    let mut srv = LiveProcess::spawn(under_shim(
+        &st,
+        &[&py, &server, Path::new("7301"), Path::new("3")],
+        &[],
+    ));
+    srv.wait_line("listening", LIMIT);
+    for k in 0..3 {
+        let mut c = connect_in(&st.ns.name, "198.51.100.2:7301");
+        c.write_all(format!("request {k}").as_bytes()).unwrap();
+        if k < 2 {
+            drop(c); // FIN
+        } else {
+            std::mem::forget(c); // stays open: accept must still find it
+        }
+    }
+    srv.close_stdin();
+    assert_eq!(srv.wait_line("conn 0:", LIMIT), "9 bytes then eof");
+    assert_eq!(srv.wait_line("conn 1:", LIMIT), "9 bytes then eof");
+    // The third peer never closes: 10 s without an end, as on the kernel.
+    assert_eq!(srv.wait_line("conn 2:", LIMIT), "9 bytes then nothing");
     assert!(
         srv.wait_exit(LIMIT).is_some_and(|s| s.success()),
         "{}",

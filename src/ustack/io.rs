@@ -290,10 +290,12 @@ fn local_of_kernel_socket(fd: c_int) -> Option<Endpoint> {
     ep
 }
 
-/// listen() succeeded on the kernel socket: the socket becomes a listener of both
-/// stacks. stackd is asked to listen only when this process first waits for or accepts
-/// a connection on it ([`join`]): nginx's master listens and forks workers that accept,
-/// and a member that never accepts would strand the connections stackd gives it.
+/// listen() succeeded on the kernel socket: a wildcard listener becomes a listener of
+/// both stacks. stackd is told at once, as a *passive* member of the port: peers that
+/// connect before the first accept wait in stackd's backlog, as in the kernel's. The
+/// member starts taking connections when this process first waits for or accepts one
+/// ([`join`]): nginx's master listens and forks workers that accept, and connections
+/// given to a member that never accepts would be stranded.
 pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
     if crate::init::config().backend != ringshim_common::config::Backend::Ustack {
         return;
@@ -305,6 +307,11 @@ pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
     let Some(local) = local_of_kernel_socket(fd) else {
         return;
     };
+    // A bind to a specific address succeeded in the kernel, so that address is the
+    // kernel's (stackd's own cannot be bound there): only wildcards have a stackd side.
+    if local.addr != [0; 4] {
+        return;
+    }
     {
         let mut io = rec.lock_io();
         io.us.clear();
@@ -313,13 +320,14 @@ pub fn on_listen(rec: &'static SocketRecord, fd: c_int, backlog: c_int) {
         io.us.backlog = backlog.clamp(1, 65535) as u32;
     }
     rec.engine.store(Engine::Ustack as u8, Ordering::Release);
+    listen_in_stackd(rec, fd, true);
 }
 
-/// Makes sure this process listens in stackd for `rec` (a listener of both stacks);
+/// Makes sure this process accepts in stackd for `rec` (a listener of both stacks);
 /// false when stackd cannot (unreachable, port taken): the listener is then the
 /// kernel's alone, for good.
 pub fn join(rec: &'static SocketRecord, fd: c_int) -> bool {
-    let (local, backlog) = {
+    {
         let io = rec.lock_io();
         if io.us.phase != Phase::Listening {
             return false;
@@ -327,48 +335,79 @@ pub fn join(rec: &'static SocketRecord, fd: c_int) -> bool {
         if io.us.joined {
             return true;
         }
-        (io.us.local, io.us.backlog)
+    }
+    listen_in_stackd(rec, fd, false)
+}
+
+/// LISTEN for `rec` in stackd, passive or accepting, and waits for BOUND. On failure the
+/// listener becomes the kernel's alone.
+fn listen_in_stackd(rec: &'static SocketRecord, fd: c_int, passive: bool) -> bool {
+    let (local, backlog, passive_id) = {
+        let io = rec.lock_io();
+        (
+            io.us.local,
+            io.us.backlog,
+            io.us.passive.then_some(io.us.listener),
+        )
     };
     let cookie = super::cookie_of(rec);
-    let joined = super::available()
-        && {
-            {
-                let mut io = rec.lock_io();
-                io.us.cookie = cookie;
-                io.us.bound = None;
-                io.us.accept_queue.reserve(256);
-            }
-            let mut m = Msg::new(MsgKind::Listen);
-            m.cookie = cookie;
-            m.local = local;
-            m.arg = backlog;
-            let bound = post(&m).and_then(|()| {
-                block_until(rec, Some(now_ms() + BIND_WAIT_MS), -1, |io| {
-                    io.us.bound.is_some()
-                })
-            });
-            let result = rec.lock_io().us.bound;
-            match (bound, result) {
-                (Ok(()), Some(0)) => true,
-                (_, r) => {
-                    crate::log_warn!(
-                    "ustack: stackd could not listen on port {} (errno {}); fd {fd} listens on the kernel stack only",
-                    local.port,
-                    r.unwrap_or(libc::ETIMEDOUT)
-                );
-                    false
-                }
-            }
-        };
-    if joined {
-        rec.lock_io().us.joined = true;
-        stats::bump(Counter::SocketsOnUstack);
-        crate::log_debug!("fd {fd}: listening on port {} in stackd too", local.port);
+    let result = if super::available() {
+        {
+            let mut io = rec.lock_io();
+            io.us.cookie = cookie;
+            io.us.bound = None;
+            io.us.accept_queue.reserve(256);
+        }
+        let mut m = Msg::new(MsgKind::Listen);
+        m.cookie = cookie;
+        m.local = local;
+        m.arg = backlog;
+        if passive {
+            m.flags = proto::msg_flags::PASSIVE;
+        }
+        let answered = post(&m).and_then(|()| {
+            block_until(rec, Some(now_ms() + BIND_WAIT_MS), -1, |io| {
+                io.us.bound.is_some()
+            })
+        });
+        match (answered, rec.lock_io().us.bound) {
+            (Ok(()), Some(r)) => r,
+            _ => libc::ETIMEDOUT,
+        }
     } else {
-        rec.lock_io().us.clear();
-        rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+        libc::ENETUNREACH
+    };
+    if result == 0 {
+        {
+            let mut io = rec.lock_io();
+            io.us.passive = passive;
+            io.us.joined = !passive;
+        }
+        if passive_id.is_none() {
+            stats::bump(Counter::SocketsOnUstack);
+        }
+        crate::log_debug!(
+            "fd {fd}: listening on port {} in stackd too{}",
+            local.port,
+            if passive { " (passive)" } else { "" }
+        );
+        return true;
     }
-    joined
+    if super::available() {
+        crate::log_warn!(
+            "ustack: stackd could not listen on port {} (errno {result}); fd {fd} listens on the kernel stack only",
+            local.port
+        );
+    }
+    rec.lock_io().us.clear();
+    // A passive member stackd still holds would keep the port from other processes.
+    if let Some(id) = passive_id {
+        let mut m = Msg::new(MsgKind::Unlisten);
+        m.arg = id;
+        let _ = post(&m);
+    }
+    rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+    false
 }
 
 /// Whether `rec` is a listener with a stackd side (its epoll registrations are kept in the

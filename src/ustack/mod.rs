@@ -1058,6 +1058,7 @@ pub fn after_fork_child() {
                 // attachment when it first accepts (`io::join`).
                 io.us.cookie = 0;
                 io.us.joined = false;
+                io.us.passive = false;
             } else {
                 io.us.phase = Phase::Orphaned;
                 io.us.session = NO_SESSION;

@@ -57,6 +57,8 @@ pub struct UsSock {
     /// A listener: LISTEN was answered by BOUND in this process (see `io::join`), and the
     /// backlog listen() asked for.
     pub joined: bool,
+    /// A listener stackd knows as a passive member (listen() told it; not accepting yet).
+    pub passive: bool,
     pub backlog: u32,
     /// LISTEN: the listener id from BOUND, and BOUND's result (None: not answered yet).
     pub listener: u32,
@@ -93,6 +95,7 @@ impl UsSock {
             shut_rd: false,
             nodelay: false,
             joined: false,
+            passive: false,
             backlog: 0,
             listener: 0,
             bound: None,

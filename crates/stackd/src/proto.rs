@@ -291,6 +291,9 @@ pub mod msg_flags {
     pub const NODELAY: u16 = 1;
     /// CLOSE: reset instead of a graceful close (SO_LINGER with a zero timeout).
     pub const ABORT: u16 = 2;
+    /// LISTEN: the member holds the port but takes no connections yet (see
+    /// [`MsgKind::Listen`]: passive members).
+    pub const PASSIVE: u16 = 4;
 }
 
 /// Options for SETOPT (`arg`), with their `value`.
@@ -318,6 +321,16 @@ pub enum MsgKind {
     /// LISTEN that gets the port is a member with its own listener id, cookie and worker;
     /// the port's pool of listening sockets is as large as its largest member's backlog
     /// asks and lives while one member remains.
+    ///
+    /// **Passive members.** flags PASSIVE: the member holds the port (listen() was called)
+    /// but is given no connections; a later LISTEN with the same cookie and without
+    /// PASSIVE makes it an accepting member (BOUND again, same listener id). Connections
+    /// that complete while no member accepts wait in the port's pool, as in a kernel
+    /// backlog, and go to the first member that accepts. This is how a server that
+    /// listens and accepts later, and nginx's master (listens, forks workers, never
+    /// accepts), behave as on the kernel. A process whose parent is a member joins the
+    /// port whatever its uid: it inherited the listening socket (nginx's master is root,
+    /// its workers nobody).
     Listen = 1,
     /// arg = the listener id from BOUND. Removes that listener (no reply). On a shared
     /// port only this member goes: the port keeps listening for the others, and nothing

@@ -347,3 +347,11 @@ pub fn peer_groups(sock: RawFd) -> io::Result<Vec<libc::gid_t>> {
         return Err(err);
     }
 }
+
+/// The parent of process `pid` (from /proc), if it can be read.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}

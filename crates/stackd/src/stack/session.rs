@@ -129,6 +129,8 @@ pub(crate) struct Listener {
     nodelay: bool,
     /// Sessions accepted through this member that its application has not closed yet.
     open: u32,
+    /// False for a passive member (LISTEN with PASSIVE): it is given no connections.
+    accepting: bool,
 }
 
 /// A listening port: a pool of smoltcp sockets in LISTEN (and half-open ones) shared by
@@ -364,6 +366,25 @@ impl Stack {
                 return self.post_to(app, worker, reply);
             }
         };
+        // The same member again (app, cookie and port): a passive one starts accepting.
+        if let Some((&id, member)) = self
+            .listeners
+            .iter_mut()
+            .find(|(_, l)| l.app == app && l.cookie == msg.cookie && l.port == msg.local.port)
+        {
+            member.accepting |= msg.flags & msg_flags::PASSIVE == 0;
+            let port = member.port;
+            let bound_addr = self.groups.get(&port).and_then(|g| g.endpoint.addr);
+            log!(
+                LogLevel::Debug,
+                "app {app}: listener {id} on port {port} accepts"
+            );
+            self.service_listeners();
+            reply.arg = id;
+            reply.local =
+                Endpoint::new(bound_addr.map_or([0; 4], |_| self.config.ip.octets()), port);
+            return self.post_to(app, worker, reply);
+        }
         // Port 0 picks a port nobody listens on: it never joins.
         let port = if msg.local.port == 0 {
             self.pick_ephemeral_port()
@@ -376,10 +397,16 @@ impl Stack {
         };
         let target_listening = (msg.arg as usize).clamp(8, MAX_LISTENING_POOL);
         let nodelay = msg.flags & msg_flags::NODELAY != 0;
+        let accepting = msg.flags & msg_flags::PASSIVE == 0;
         let endpoint = IpListenEndpoint { addr, port };
         let joined = match self.groups.get(&port) {
             None => false,
-            Some(group) if group.uid == uid && group.endpoint == endpoint => true,
+            Some(group)
+                if group.endpoint == endpoint
+                    && (group.uid == uid || self.parent_is_member(app, group)) =>
+            {
+                true
+            }
             Some(group) => {
                 log!(
                     LogLevel::Debug,
@@ -402,6 +429,7 @@ impl Stack {
                 target_listening,
                 nodelay,
                 open: 0,
+                accepting,
             },
         );
         let group = self.groups.entry(port).or_insert_with(|| ListenGroup {
@@ -429,6 +457,24 @@ impl Stack {
             log!(LogLevel::Debug, "app {app}: listener {id} on port {port}");
         }
         self.post_to(app, worker, reply);
+    }
+
+    /// Whether the parent process of `app` is an application that is a member of
+    /// `group`: the fork child of a listener inherited its socket.
+    fn parent_is_member(&self, app: u32, group: &ListenGroup) -> bool {
+        let Some(parent) = self
+            .apps
+            .get(&app)
+            .and_then(|a| crate::sys::parent_pid(a.pid))
+        else {
+            return false;
+        };
+        group.members.iter().any(|id| {
+            self.listeners
+                .get(id)
+                .and_then(|l| self.apps.get(&l.app))
+                .is_some_and(|a| a.pid == parent)
+        })
     }
 
     /// Removes one member; the last member's removal closes the port's pool (its
@@ -476,6 +522,12 @@ impl Stack {
         let mut dead: Vec<SocketHandle> = Vec::new();
         for (&port, group) in self.groups.iter_mut() {
             let sockets = &mut self.sockets;
+            // Without an accepting member, completed handshakes wait in the pool (a
+            // kernel backlog); the pool's bound caps them.
+            let accepting = group
+                .members
+                .iter()
+                .any(|id| self.listeners.get(id).is_some_and(|l| l.accepting));
             let mut listening = 0;
             group
                 .pool
@@ -485,10 +537,11 @@ impl Stack {
                         true
                     }
                     State::SynReceived => true,
-                    State::Established | State::CloseWait => {
+                    State::Established | State::CloseWait if accepting => {
                         accepted.push((port, handle));
                         false
                     }
+                    State::Established | State::CloseWait => true,
                     _ => {
                         dead.push(handle);
                         false
@@ -522,7 +575,7 @@ impl Stack {
             .iter()
             .enumerate()
             .filter_map(|(position, id)| {
-                let open = self.listeners.get(id)?.open;
+                let open = self.listeners.get(id).filter(|l| l.accepting)?.open;
                 let turn = (position + count - group.next % count) % count;
                 Some((open, turn, position, *id))
             })
