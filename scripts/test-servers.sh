@@ -4,7 +4,9 @@
 #
 #   redis    redis-server; redis-cli round-trips a 1 MiB value; redis-benchmark SET/GET;
 #            the keyspace and the server's own command counters are checked afterwards;
-#            BGSAVE (fork) must finish ok.
+#            BGSAVE (fork) while two clients INCR counters (redis-cli, one connection:
+#            every reply 1..20000 in order; redis-benchmark, 4 connections: the final
+#            value exact) must finish ok, and redis-check-rdb must find dump.rdb valid.
 #   nginx    2 worker processes (LD_PRELOAD given to the master, inherited by the forked
 #            workers): a 1 KiB and a 1 MiB static file and the same through proxy_pass to
 #            a second server block (upstream keepalive); curl compares sha256; wrk must
@@ -233,18 +235,40 @@ scenario_redis() {
     ((cmds >= 40000)) || die "server processed $cmds commands, expected >= 40000"
     ok "keyspace: 2 keys as expected; server processed $cmds commands"
 
-    # fork(): BGSAVE forks a child that writes the dataset while the parent keeps serving.
-    local i st=""
+    # fork() while clients write: BGSAVE's child writes the dataset while the parent keeps
+    # serving two writers, started first: redis-cli INCRs one counter 20000 times on one
+    # connection (every reply is kept: exactly 1..20000 in order) and redis-benchmark
+    # INCRs another 40000 times from 4 connections (the final value must be exact).
+    local i st="" seqpid ctrpid before overlapped=0 nseq=20000 nctr=40000
+    before="$(rcli INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }')"
+    start_bg "$d/seq.out" "${CLI_PRE[@]}" timeout 60 redis-cli -h "$ADDR" -p "$port" -r "$nseq" INCR rdb:seq
+    seqpid=$RS_LAST_PID
+    start_bg "$d/ctr.log" "${CLI_PRE[@]}" timeout 60 redis-benchmark -h "$ADDR" -p "$port" -q -n "$nctr" -c 4 INCR rdb:ctr
+    ctrpid=$RS_LAST_PID
+    for ((i = 0; i < 100; i++)); do
+        (($(rcli INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }') > before + 1000)) && break
+        sleep 0.05
+    done
     rcli BGSAVE >/dev/null || die "BGSAVE refused"
     for ((i = 0; i < 100; i++)); do
         st="$(rcli INFO persistence | tr -d '\r')"
         grep -q '^rdb_bgsave_in_progress:0' <<<"$st" && break
         sleep 0.1
     done
+    { alive "$seqpid" || alive "$ctrpid"; } && overlapped=1
     grep -q '^rdb_last_bgsave_status:ok' <<<"$st" || die "BGSAVE did not finish ok: $(grep bgsave <<<"$st" | xargs)"
+    wait "$seqpid" || die "the writer redis-cli -r $nseq INCR failed: $(tail -3 "$d/seq.out" | xargs)"
+    wait "$ctrpid" || { tr '\r' '\n' <"$d/ctr.log" | tail -5; die "the writer redis-benchmark INCR failed"; }
+    seq 1 "$nseq" | cmp -s - "$d/seq.out" ||
+        die "redis-cli INCR replies are not 1..$nseq in order: $(grep -c . "$d/seq.out") lines, $(grep -cvE '^[0-9]+$' "$d/seq.out") not integers, last '$(tail -1 "$d/seq.out")'"
+    ! grep -qi 'error' "$d/ctr.log" || { tr '\r' '\n' <"$d/ctr.log" | grep -i error | head -5; die "redis-benchmark INCR saw errors"; }
+    [[ "$(rcli GET rdb:ctr)" == "$nctr" ]] || die "rdb:ctr is $(rcli GET rdb:ctr), expected $nctr"
+    ((overlapped)) || warn "both writers had finished before BGSAVE did (no overlap this time)"
     [[ -s "$d/dump.rdb" ]] || die "BGSAVE wrote no dump.rdb"
-    [[ "$(rcli DBSIZE)" == 2 ]] || die "keyspace changed after BGSAVE"
-    ok "BGSAVE (fork) finished ok and the server still answers"
+    timeout 60 redis-check-rdb "$d/dump.rdb" >"$d/check-rdb.out" 2>&1 || { cat "$d/check-rdb.out"; die "redis-check-rdb: dump.rdb is not valid"; }
+    grep -q 'RDB looks OK' "$d/check-rdb.out" || { cat "$d/check-rdb.out"; die "redis-check-rdb did not report dump.rdb valid"; }
+    [[ "$(rcli DBSIZE)" == 4 ]] || die "DBSIZE is $(rcli DBSIZE) after BGSAVE, expected 4 (big, key:__rand_int__, rdb:seq, rdb:ctr)"
+    ok "BGSAVE (fork) ok while $nseq + $nctr INCRs ran$( ((overlapped)) && echo ' (overlapping)'): replies 1..$nseq in order, rdb:ctr = $nctr; redis-check-rdb: RDB looks OK, $(grep -m1 'keys read' "$d/check-rdb.out" | sed 's/^\[info\] //')"
 
     if [[ "$mode" == shim ]]; then
         show_stats "$pid" "redis-server"
@@ -1297,7 +1321,7 @@ main() {
     for s in "${selected[@]}"; do
         [[ " $SCENARIO_NAMES " == *" $s "* ]] || die "RS_SCENARIOS: unknown scenario '$s' ($SCENARIO_NAMES)"
     done
-    require_cmd redis-server redis-cli redis-benchmark nginx haproxy curl wrk ss ip sha256sum timeout python3 cc
+    require_cmd redis-server redis-cli redis-benchmark redis-check-rdb redis-check-aof nginx haproxy curl wrk ss ip sha256sum timeout python3 cc
     require_lib
 
     WORK="$(mktemp -d /tmp/ringshim-servers.XXXXXX)"
