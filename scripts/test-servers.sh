@@ -4,7 +4,9 @@
 #
 #   redis    redis-server; redis-cli round-trips a 1 MiB value; redis-benchmark SET/GET;
 #            the keyspace and the server's own command counters are checked afterwards;
-#            BGSAVE (fork) must finish ok.
+#            BGSAVE (fork) while two clients INCR counters (redis-cli, one connection:
+#            every reply 1..20000 in order; redis-benchmark, 4 connections: the final
+#            value exact) must finish ok, and redis-check-rdb must find dump.rdb valid.
 #   nginx    2 worker processes (LD_PRELOAD given to the master, inherited by the forked
 #            workers): a 1 KiB and a 1 MiB static file and the same through proxy_pass to
 #            a second server block (upstream keepalive); curl compares sha256; wrk must
@@ -41,7 +43,15 @@
 #                 while wrk runs: no non-2xx, and wrk's errors and the time the old
 #                 processes take to exit compared with the run without the shim.
 #
-# Each of the first four runs in two places:
+#   nginx upgrade  the binary upgrade under a 4 s wrk: USR2 (the master execs itself with
+#                 a cleaned environment; the new master and workers must carry the shim,
+#                 and their connections, accepted on inherited listeners, be on io_uring),
+#                 WINCH (old workers exit), QUIT of the old master; no non-2xx, wrk's
+#                 errors compared with the run without the shim (WINCH ends the old
+#                 workers' keep-alive connections: 32 read errors both ways here), both
+#                 generations answered requests, 1 MiB through proxy_pass afterwards.
+#
+# Each of the first four and nginx upgrade runs in two places:
 #   loopback  everything on 127.0.0.1, RINGSHIM_KERNEL_NETS=none so loopback is routed
 #             through the shim;
 #   netns     server in namespace rs-srv-PID at 198.51.100.1 (TEST-NET-2), clients in
@@ -233,18 +243,40 @@ scenario_redis() {
     ((cmds >= 40000)) || die "server processed $cmds commands, expected >= 40000"
     ok "keyspace: 2 keys as expected; server processed $cmds commands"
 
-    # fork(): BGSAVE forks a child that writes the dataset while the parent keeps serving.
-    local i st=""
+    # fork() while clients write: BGSAVE's child writes the dataset while the parent keeps
+    # serving two writers, started first: redis-cli INCRs one counter 20000 times on one
+    # connection (every reply is kept: exactly 1..20000 in order) and redis-benchmark
+    # INCRs another 40000 times from 4 connections (the final value must be exact).
+    local i st="" seqpid ctrpid before overlapped=0 nseq=20000 nctr=40000
+    before="$(rcli INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }')"
+    start_bg "$d/seq.out" "${CLI_PRE[@]}" timeout 60 redis-cli -h "$ADDR" -p "$port" -r "$nseq" INCR rdb:seq
+    seqpid=$RS_LAST_PID
+    start_bg "$d/ctr.log" "${CLI_PRE[@]}" timeout 60 redis-benchmark -h "$ADDR" -p "$port" -q -n "$nctr" -c 4 INCR rdb:ctr
+    ctrpid=$RS_LAST_PID
+    for ((i = 0; i < 100; i++)); do
+        (($(rcli INFO stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }') > before + 1000)) && break
+        sleep 0.05
+    done
     rcli BGSAVE >/dev/null || die "BGSAVE refused"
     for ((i = 0; i < 100; i++)); do
         st="$(rcli INFO persistence | tr -d '\r')"
         grep -q '^rdb_bgsave_in_progress:0' <<<"$st" && break
         sleep 0.1
     done
+    { alive "$seqpid" || alive "$ctrpid"; } && overlapped=1
     grep -q '^rdb_last_bgsave_status:ok' <<<"$st" || die "BGSAVE did not finish ok: $(grep bgsave <<<"$st" | xargs)"
+    wait "$seqpid" || die "the writer redis-cli -r $nseq INCR failed: $(tail -3 "$d/seq.out" | xargs)"
+    wait "$ctrpid" || { tr '\r' '\n' <"$d/ctr.log" | tail -5; die "the writer redis-benchmark INCR failed"; }
+    seq 1 "$nseq" | cmp -s - "$d/seq.out" ||
+        die "redis-cli INCR replies are not 1..$nseq in order: $(grep -c . "$d/seq.out") lines, $(grep -cvE '^[0-9]+$' "$d/seq.out") not integers, last '$(tail -1 "$d/seq.out")'"
+    ! grep -qi 'error' "$d/ctr.log" || { tr '\r' '\n' <"$d/ctr.log" | grep -i error | head -5; die "redis-benchmark INCR saw errors"; }
+    [[ "$(rcli GET rdb:ctr)" == "$nctr" ]] || die "rdb:ctr is $(rcli GET rdb:ctr), expected $nctr"
+    ((overlapped)) || warn "both writers had finished before BGSAVE did (no overlap this time)"
     [[ -s "$d/dump.rdb" ]] || die "BGSAVE wrote no dump.rdb"
-    [[ "$(rcli DBSIZE)" == 2 ]] || die "keyspace changed after BGSAVE"
-    ok "BGSAVE (fork) finished ok and the server still answers"
+    timeout 60 redis-check-rdb "$d/dump.rdb" >"$d/check-rdb.out" 2>&1 || { cat "$d/check-rdb.out"; die "redis-check-rdb: dump.rdb is not valid"; }
+    grep -q 'RDB looks OK' "$d/check-rdb.out" || { cat "$d/check-rdb.out"; die "redis-check-rdb did not report dump.rdb valid"; }
+    [[ "$(rcli DBSIZE)" == 4 ]] || die "DBSIZE is $(rcli DBSIZE) after BGSAVE, expected 4 (big, key:__rand_int__, rdb:seq, rdb:ctr)"
+    ok "BGSAVE (fork) ok while $nseq + $nctr INCRs ran$( ((overlapped)) && echo ' (overlapping)'): replies 1..$nseq in order, rdb:ctr = $nctr; redis-check-rdb: RDB looks OK, $(grep -m1 'keys read' "$d/check-rdb.out" | sed 's/^\[info\] //')"
 
     if [[ "$mode" == shim ]]; then
         show_stats "$pid" "redis-server"
@@ -1177,16 +1209,33 @@ cleanup() {
     exit "$rc"
 }
 
-# scenario_nginx_upgrade: nginx's binary upgrade under the shim. USR2 makes the master
-# exec its own binary with an environment rebuilt from scratch (only TZ and `env`
+# wait_gone SECONDS PID...: true once none of the PIDs runs (checked every 50 ms).
+wait_gone() {
+    local secs="$1" i p left
+    shift
+    for ((i = 0; i < secs * 20; i++)); do
+        left=0
+        for p in "$@"; do alive "$p" && left=1; done
+        ((left == 0)) && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# scenario_nginx_upgrade WHERE MODE: nginx's binary upgrade while wrk runs. USR2 makes the
+# master exec its own binary with an environment rebuilt from scratch (only TZ and `env`
 # directives survive): the shim must re-inject LD_PRELOAD and RINGSHIM_* so the new
-# master and its workers still carry it, and the service must not stop. nginx honours
-# USR2 only when daemonized (its parent must change), so this one runs with daemon on,
-# on loopback with the shim routing loopback.
+# master and its workers still carry it. Then WINCH (the old workers finish their
+# requests and exit) and QUIT of the old master: the inherited listeners never close, so
+# wrk (4 s, started 1 s before USR2) must see no non-2xx answer and no more socket errors
+# than the same run without the shim (against_kernel), both generations of workers must
+# have served it, and the new ones serve a 1 MiB proxy_pass afterwards. nginx honours
+# USR2 only when daemonized (its parent must have changed), so this one runs with daemon
+# on; the daemon stays in the namespace `ip netns exec` started it in.
 scenario_nginx_upgrade() {
-    local d old new i w
-    place loopback shim
-    d="$WORK/nginx-upgrade"
+    local where="$1" mode="$2" d old new i w f
+    place "$where" "$mode"
+    d="$WORK/nginx-upgrade-$where-$mode"
     SCEN_DIR="$d"
     mkdir -p "$d"
     chmod 755 "$d"
@@ -1198,32 +1247,73 @@ scenario_nginx_upgrade() {
     nginx_conf "$d" "$ADDR" "$NGINX_PORT" "$p2"
     sed -i 's/^daemon off;/daemon on;/' "$d/nginx.conf"
     # The absolute path: the upgrade execs argv[0].
-    env "${SHIM_ENV[@]}" "$(command -v nginx)" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" ||
-        die "nginx (daemon) did not start"
+    "${SRV_PRE[@]}" "${SHIM_ENV[@]}" "$(command -v nginx)" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" \
+        >"$d/nginx.out" 2>&1 </dev/null || { cat "$d/nginx.out"; die "nginx (daemon) did not start"; }
     for ((i = 0; i < 50; i++)); do [[ -s "$d/nginx.pid" ]] && break; sleep 0.1; done
     old="$(cat "$d/nginx.pid")"
+    # Not our children: recorded so that a failure's stop_all ends them too.
+    RS_PIDS+=("$old")
     wait_tcp "$ADDR" "$NGINX_PORT" "$old" 15 "$CLI_NS" || die "nginx did not listen"
-    shim_loaded "$old" || die "the old master does not carry the shim"
-    kill -USR2 "$old"
+    expect_comm "$old" nginx
+    local -a oldw=() neww=()
     for ((i = 0; i < 50; i++)); do
-        [[ -s "$d/nginx.pid.oldbin" && -s "$d/nginx.pid" && "$(cat "$d/nginx.pid")" != "$old" ]] && break
+        read -r -a oldw <<<"$(children "$old")"
+        ((${#oldw[@]} >= 2)) && break
         sleep 0.1
+    done
+    ((${#oldw[@]} == 2)) || die "old master $old has ${#oldw[@]} workers, expected 2"
+    check_preload "$mode" "$old" "${oldw[@]}"
+    ok "nginx (daemon) master $old, workers ${oldw[*]}, on $ADDR:$NGINX_PORT"
+
+    wrk_bg "$d/wrk-upgrade.log" 4 "http://$ADDR:$NGINX_PORT/1k.bin"
+    sleep 1
+    kill -USR2 "$old"
+    for ((i = 0; i < 100; i++)); do
+        [[ -s "$d/nginx.pid.oldbin" && -s "$d/nginx.pid" && "$(cat "$d/nginx.pid")" != "$old" ]] && break
+        sleep 0.05
     done
     new="$(cat "$d/nginx.pid")"
     [[ "$new" != "$old" ]] || die "USR2 started no new master"
-    shim_loaded "$new" || die "the new master (pid $new) lost the preload across its cleaned exec"
-    ok "USR2: new master $new carries the shim (LD_PRELOAD re-injected into the rebuilt environment)"
-    kill -QUIT "$old"
-    for ((i = 0; i < 50; i++)); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
-    timeout 30 curl -sS --fail --max-time 20 -o "$d/got" "http://$ADDR:$NGINX_PORT/proxy/1m.bin" || die "curl after the upgrade failed"
-    [[ "$(sha "$d/got")" == "$(sha "$d/www/1m.bin")" ]] || die "after the upgrade: content differs"
-    for w in $(pgrep -P "$new"); do
-        shim_loaded "$w" || die "worker $w of the new master lacks the shim"
+    RS_PIDS+=("$new")
+    for ((i = 0; i < 100; i++)); do
+        read -r -a neww <<<"$(children "$new")"
+        ((${#neww[@]} >= 2)) && break
+        sleep 0.05
     done
-    ok "old master quit; the new binary's workers serve through the shim"
+    ((${#neww[@]} == 2)) || die "new master $new has ${#neww[@]} workers, expected 2"
+    check_preload "$mode" "$new" "${neww[@]}"
+    ok "USR2: new master $new, workers ${neww[*]}$([[ "$mode" == shim ]] && echo ', carrying the shim (LD_PRELOAD re-injected into the rebuilt environment)')"
+    kill -WINCH "$old"
+    wait_gone 15 "${oldw[@]}" || die "WINCH: old workers ${oldw[*]} still running after 15 s"
+    kill -QUIT "$old"
+    wait_gone 15 "$old" || die "QUIT: old master $old still running after 15 s"
+    ok "WINCH: old workers exited; QUIT: old master exited; new master $new serves"
+    alive "$WRK_PID" || warn "wrk had finished before the old master quit (the load did not span the whole upgrade)"
+    wait "$WRK_PID" || { cat "$d/wrk-upgrade.log"; die "wrk (upgrade) failed"; }
+    f=$d/wrk-upgrade.log
+    (($(wrk_field "$f" requests) > 0)) || { cat "$f"; die "wrk (upgrade): no requests"; }
+    (($(wrk_field "$f" non2xx) == 0)) || { cat "$f"; die "wrk (upgrade): $(wrk_field "$f" non2xx) non-2xx answers"; }
+    # Both generations answered wrk's requests (the access log records the worker's pid).
+    local nold=0 nnew=0
+    for w in "${oldw[@]}"; do nold=$((nold + $(awk -v p="$w" '$1 == p' "$d/access.log" | wc -l))); done
+    for w in "${neww[@]}"; do nnew=$((nnew + $(awk -v p="$w" '$1 == p' "$d/access.log" | wc -l))); done
+    ((nold > 0 && nnew > 0)) || die "wrk across the upgrade: $nold requests answered by the old workers, $nnew by the new ones (expected both > 0)"
+    info "upgrade under load: $(wrk_field "$f" requests) requests ($nold by the old workers, $nnew by the new); socket errors connect $(wrk_field "$f" connect), read $(wrk_field "$f" read), write $(wrk_field "$f" write), timeout $(wrk_field "$f" timeout)"
+    against_kernel "nginx upgrade $where errors" $(($(wrk_field "$f" connect) + $(wrk_field "$f" read) + $(wrk_field "$f" write) + $(wrk_field "$f" timeout)))
+
+    "${CLI_PRE[@]}" timeout 30 curl -sS --fail --max-time 20 -o "$d/got" "http://$ADDR:$NGINX_PORT/proxy/1m.bin" || die "curl after the upgrade failed"
+    [[ "$(sha "$d/got")" == "$(sha "$d/www/1m.bin")" ]] || die "after the upgrade: content differs"
+    ok "the new binary's workers serve 1 MiB through proxy_pass (sha256 equal)"
+    if [[ "$mode" == shim ]]; then
+        local workers
+        workers="$(IFS=,; echo "${neww[*]}")"
+        # wrk's 32 connections, reopened on the new workers, were accepted on listeners
+        # the new image inherited (adopted at the first accept) and went onto io_uring.
+        assert_counter "$workers" accepts 32
+        assert_counter "$workers" sockets_on_uring 32
+    fi
     kill -QUIT "$new"
-    for ((i = 0; i < 50; i++)); do kill -0 "$new" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$new" 2>/dev/null && stop_pid "$new" 5
+    wait_gone 15 "$new" "${neww[@]}" || stop_pid "$new" 5
     no_crash_lines "$d/error.log" '\[(alert|emerg|crit)\]' "nginx logged alerts"
 }
 
@@ -1297,7 +1387,7 @@ main() {
     for s in "${selected[@]}"; do
         [[ " $SCENARIO_NAMES " == *" $s "* ]] || die "RS_SCENARIOS: unknown scenario '$s' ($SCENARIO_NAMES)"
     done
-    require_cmd redis-server redis-cli redis-benchmark nginx haproxy curl wrk ss ip sha256sum timeout python3 cc
+    require_cmd redis-server redis-cli redis-benchmark redis-check-rdb redis-check-aof nginx haproxy curl wrk ss ip sha256sum timeout python3 cc
     require_lib
 
     WORK="$(mktemp -d /tmp/ringshim-servers.XXXXXX)"
@@ -1343,10 +1433,9 @@ main() {
                 want redis-shapes && run_scenario "redis   shapes $where $mode" scenario_redis_shapes "$where" "$mode"
                 want nginx-shapes && run_scenario "nginx   shapes $where $mode" scenario_nginx_shapes "$where" "$mode"
             fi
+            # After the kernel run, whose error count is the shim run's baseline.
+            want nginx-upgrade && run_scenario "nginx   upgrade $where $mode" scenario_nginx_upgrade "$where" "$mode"
         done
-        if [[ "$where" == loopback ]] && want nginx-upgrade; then
-            run_scenario "nginx   USR2 upgrade" scenario_nginx_upgrade
-        fi
     done
     summary
 }

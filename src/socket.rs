@@ -193,6 +193,46 @@ pub fn track(fd: i32, family: i32, nonblocking: bool) -> Option<&'static SocketR
     Some(rec)
 }
 
+/// A TCP listener the shim never saw created — inherited across exec (nginx's USR2
+/// upgrade hands its listeners to the new binary, whose shim starts empty) or from a
+/// socket-activating parent — becomes tracked when the application first accepts on it,
+/// so its connections are routed like those of listeners created here. Only an untracked
+/// fd is examined; a non-TCP one costs one getsockopt per accept and stays untracked.
+pub fn adopt_listener(fd: i32) -> Option<&'static SocketRecord> {
+    if fdtable::get(fd).is_some() || !fdtable::trackable(fd) {
+        return None;
+    }
+    let opt = |name: i32| -> Option<i32> {
+        let mut v: i32 = 0;
+        let mut len = core::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: an int-sized buffer with its true length.
+        let r = unsafe {
+            crate::real::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    let family = opt(libc::SO_DOMAIN)?;
+    if !(family == libc::AF_INET || family == libc::AF_INET6)
+        || opt(libc::SO_TYPE)? != libc::SOCK_STREAM
+        || opt(libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+        || opt(libc::SO_ACCEPTCONN)? != 1
+    {
+        return None;
+    }
+    // SAFETY: F_GETFL on a descriptor that exists (getsockopt just succeeded on it).
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    let rec = track(fd, family, fl >= 0 && (fl as i32) & libc::O_NONBLOCK != 0)?;
+    rec.listening.store(true, Ordering::Relaxed);
+    crate::log_debug!("fd {} is an inherited TCP listener: now tracked", fd);
+    Some(rec)
+}
+
 /// Drops whatever entry `fd` carried: the kernel just handed this number out again, so
 /// the old descriptor was closed without the shim seeing it.
 pub fn forget_stale(fd: i32) {

@@ -184,16 +184,29 @@ pub fn publish(dir: &str, backend: &str, backend_active: bool) {
         return;
     }
     path[len] = 0;
-    // SAFETY: NUL-terminated path; raw syscalls keep this off the shim's own exports.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            0o600,
-        )
-    } as i32;
+    // A file already at this name was left by an earlier process with our pid (one that
+    // died without unlinking it, or our image before an exec) and may belong to another
+    // user or be readable by others: never reuse it. O_EXCL makes the page a new file of
+    // ours; a stale one is removed first (in a sticky directory only its owner or root
+    // can, else the page is not published).
+    let create = || {
+        // SAFETY: NUL-terminated path; raw syscalls keep this off the shim's own exports.
+        (unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            )
+        }) as i32
+    };
+    let mut fd = create();
+    if fd < 0 && crate::errno::get() == libc::EEXIST {
+        // SAFETY: NUL-terminated path.
+        unsafe { libc::syscall(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0) };
+        fd = create();
+    }
     if fd < 0 {
         crate::log_debug!(
             "stats page not published: openat errno {}",
@@ -201,6 +214,10 @@ pub fn publish(dir: &str, backend: &str, backend_active: bool) {
         );
         return;
     }
+    // The umask may have removed the owner's own bits (then `ringshim stat` run by the
+    // owner would be refused); the page is exactly 0600 whatever it was.
+    // SAFETY: fd is ours.
+    unsafe { libc::syscall(libc::SYS_fchmod, fd, 0o600) };
     // SAFETY: fd is ours; size is the page size.
     let mapped = unsafe {
         if libc::ftruncate(fd, PAGE_BYTES as libc::off_t) != 0 {

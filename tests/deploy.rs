@@ -2093,3 +2093,213 @@ fn partial_io_uring_allow_list_fails_open() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `ringshim stat` permissions: nothing for other users to read.
+
+/// A scratch directory under /tmp that every user can traverse (the clone may live in a
+/// private home directory, and uid 65534 must reach the copies made here).
+struct OpenScratch(PathBuf);
+
+impl OpenScratch {
+    fn new(name: &str) -> OpenScratch {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ringshim-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("stats")).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Like /dev/shm: world-writable and sticky.
+        std::fs::set_permissions(dir.join("stats"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        OpenScratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// A copy of `file` here, executable and readable by everyone.
+    fn copy(&self, file: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.path(file.file_name().unwrap().to_str().unwrap());
+        std::fs::copy(file, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        to
+    }
+}
+
+impl Drop for OpenScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `program` run as `uid` (gid the same, no supplementary groups), or as ourselves.
+fn as_user(uid: Option<u32>, program: &Path) -> Command {
+    match uid {
+        Some(uid) => {
+            let mut cmd = clean_command("setpriv");
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--clear-groups", "--"])
+                .arg(program);
+            cmd
+        }
+        None => clean_command(program),
+    }
+}
+
+/// A shimmed dp_statpage: it publishes its page when told to (`publish`).
+struct PageOwner {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PageOwner {
+    /// Started as `uid` with the given umask; its page goes to `stats`.
+    fn start(uid: Option<u32>, umask: u32, exe: &Path, lib: &Path, stats: &Path) -> PageOwner {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = as_user(uid, exe);
+        cmd.env("LD_PRELOAD", lib)
+            .env("RINGSHIM_STATS_DIR", stats)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        PageOwner { child, out }
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Opens its first TCP socket (so the shim publishes the page) and waits for it.
+    fn publish(&mut self) {
+        use std::io::BufRead;
+        writeln!(self.child.stdin.as_mut().unwrap(), "go").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), format!("ready {}", self.pid()), "dp_statpage");
+    }
+}
+
+impl Drop for PageOwner {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if self.child.wait_timeout_ok().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout_ok(&mut self) -> Option<std::process::ExitStatus>;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_timeout_ok(&mut self) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(s)) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+/// `ringshim stat PID` run as `uid` (None: as the test, root): exit code and stderr.
+fn stat_as(uid: Option<u32>, cli: &Path, stats: &Path, pid: u32) -> (i32, String) {
+    let out = as_user(uid, cli)
+        .args(["stat", "--dir"])
+        .arg(stats)
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The page's owner uid and permission bits.
+fn page_owner_and_mode(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("stats page {}: {e}", path.display()));
+    assert!(
+        m.file_type().is_file(),
+        "{} is not a plain file",
+        path.display()
+    );
+    (m.uid(), m.mode() & 0o7777)
+}
+
+/// The stats page a process publishes is mode 0600 and owned by the process's uid,
+/// whatever its umask and whatever a dead process left at that name; `ringshim stat`
+/// run by another user is refused (exit 1, "permission denied" and the reason), while
+/// the owner and root read it.
+#[test]
+fn stats_page_is_private_to_its_owner() {
+    if !common::require(
+        common::is_root() && have("setpriv"),
+        "root and setpriv (to act as uid 65534)",
+    ) {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    const OTHER: u32 = 65533;
+    let scratch = OpenScratch::new("stat-perm");
+    let stats = scratch.path("stats");
+    let cli = scratch.copy(&cli());
+    let lib = scratch.copy(&common::shim_lib());
+    let exe = scratch.copy(&common::c_program("dp_statpage"));
+    let refused = |uid: u32, pid: u32, whose: &str| {
+        let (code, err) = stat_as(Some(uid), &cli, &stats, pid);
+        assert_eq!(
+            code, 1,
+            "uid {uid} reading {whose} page: exit {code}: {err}"
+        );
+        assert!(
+            err.contains("permission denied") && err.contains("0600"),
+            "uid {uid} reading {whose} page: {err}"
+        );
+    };
+    let reads = |uid: Option<u32>, pid: u32, whose: &str| {
+        let (code, err) = stat_as(uid, &cli, &stats, pid);
+        assert_eq!(code, 0, "{uid:?} reading {whose} page: {err}");
+    };
+
+    // A root process whose pid a dead uid-65534 process used before, leaving a
+    // world-readable file at the page's name: the page must not be that file.
+    let mut root_owned = PageOwner::start(None, 0o022, &exe, &common::shim_lib(), &stats);
+    let page = stats.join(format!("ringshim.{}", root_owned.pid()));
+    std::fs::write(&page, b"left behind").unwrap();
+    std::os::unix::fs::chown(&page, Some(NOBODY), Some(NOBODY)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    root_owned.publish();
+    assert_eq!(page_owner_and_mode(&page), (0, 0o600), "root's page");
+    reads(None, root_owned.pid(), "root's");
+    refused(NOBODY, root_owned.pid(), "root's");
+
+    // A uid-65534 process with umask 0777: still 0600 (else its owner could not read it).
+    let mut nobody_owned = PageOwner::start(Some(NOBODY), 0o777, &exe, &lib, &stats);
+    nobody_owned.publish();
+    let page = stats.join(format!("ringshim.{}", nobody_owned.pid()));
+    assert_eq!(
+        page_owner_and_mode(&page),
+        (NOBODY, 0o600),
+        "uid {NOBODY}'s page"
+    );
+    reads(Some(NOBODY), nobody_owned.pid(), "its own");
+    reads(None, nobody_owned.pid(), "uid 65534's");
+    refused(OTHER, nobody_owned.pid(), "uid 65534's");
+}

@@ -63,3 +63,11 @@ fn sqpoll_rings_share_one_kernel_thread() {
 fn reply_written_before_exit_reaches_the_peer() {
     run_both("rg_exit_flush", &[]);
 }
+
+/// nginx's binary upgrade (USR2) hands its listeners to the exec'd binary, whose shim
+/// never saw them created: accept() passed through and every connection of the upgraded
+/// server stayed on the kernel path although its workers carried the shim.
+#[test]
+fn inherited_listener_is_accelerated() {
+    run_both("rg_inherited_listener", &[]);
+}

@@ -86,7 +86,9 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    if ensure_init() && sock::lookup(fd).is_some() {
+    if ensure_init()
+        && (sock::lookup(fd).is_some() || errno::preserve(|| sock::adopt_listener(fd)).is_some())
+    {
         // SAFETY: the caller's pointers are used as accept4 would use them.
         return unsafe { crate::ops::accept(fd, addr, len, flags) };
     }
