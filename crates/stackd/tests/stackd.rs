@@ -1057,6 +1057,38 @@ fn bad_flags_exit_2_with_one_line() {
     }
 }
 
+/// `len` bytes from a kernel client to `app`, which reads and discards them; timed from
+/// the connect (bytes the client buffers before the accept count too).
+fn bulk_upload(stackd: &Stackd, app: &mut EchoApp, port: u16, len: usize) -> Duration {
+    let start = Instant::now();
+    let mut stream = stackd
+        .ns
+        .run_in(move || TcpStream::connect(Stackd::addr(port)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![7u8; 256 << 10];
+        for _ in 0..len / chunk.len() {
+            stream.write_all(&chunk).unwrap();
+        }
+    });
+    let id = app.expect_kind(MsgKind::Accepted).session;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    while got < len {
+        let n = app.worker.read(id, &mut buf).unwrap();
+        got += n;
+        if n == 0 {
+            app.worker.recv(Some(Duration::from_millis(100))).unwrap();
+        }
+    }
+    let took = start.elapsed();
+    writer.join().unwrap();
+    app.worker
+        .send(&Msg::for_session(MsgKind::Close, id))
+        .unwrap();
+    took
+}
+
 /// A measurement, not a check (run it with `--ignored --nocapture`, in release): 64 MiB
 /// from a kernel client to an app that reads and discards, through stackd; and the same
 /// over the kernel's loopback inside the namespace.
@@ -1070,30 +1102,7 @@ fn measure_bulk_upload() {
     let stackd = Stackd::start(&[]);
     let mut app = EchoApp::attach(&stackd.control).expect("attach");
     app.listen(7600, 8);
-    // Timed from the connect (bytes the client buffers before the accept count too).
-    let start = Instant::now();
-    let mut stream = stackd
-        .ns
-        .run_in(|| TcpStream::connect(Stackd::addr(7600)))
-        .unwrap();
-    let writer = std::thread::spawn(move || {
-        let chunk = vec![7u8; 256 << 10];
-        for _ in 0..LEN / chunk.len() {
-            stream.write_all(&chunk).unwrap();
-        }
-    });
-    let id = app.expect_kind(MsgKind::Accepted).session;
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 256 << 10];
-    while got < LEN {
-        let n = app.worker.read(id, &mut buf).unwrap();
-        got += n;
-        if n == 0 {
-            app.worker.recv(Some(Duration::from_millis(100))).unwrap();
-        }
-    }
-    let stack_time = start.elapsed();
-    writer.join().unwrap();
+    let stack_time = bulk_upload(&stackd, &mut app, 7600, LEN);
 
     let kernel_time = stackd.ns.run_in(|| {
         let listener = TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 0)).unwrap();
@@ -1241,6 +1250,38 @@ fn packet_echo_through_stackd_on_a_veth_end() {
 }
 
 #[test]
+fn packet_with_another_mac_serves_in_promiscuous_mode() {
+    if !common::require_root("packet_with_another_mac_serves_in_promiscuous_mode") {
+        return;
+    }
+    let stackd = Stackd::start_packet(&["--mac", "02:72:73:0a:0b:0c"], false);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7710, 8);
+    let serving = app.serve_in_background();
+    for seed in 0..3 {
+        echo_through(&stackd, 7710, seed);
+    }
+    drop(serving);
+    // The kernel peer learnt stackd's own MAC, not the interface's.
+    let neigh = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &stackd.ns.name,
+            "ip",
+            "neigh",
+            "show",
+            "198.51.100.2",
+        ])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(neigh.contains("02:72:73:0a:0b:0c"), "{neigh}");
+    let log = stackd.log_text();
+    assert!(log.contains("MAC 02-72-73-0a-0b-0c"), "{log}");
+}
+
+#[test]
 fn packet_app_connects_out_to_a_kernel_listener() {
     if !common::require_root("packet_app_connects_out_to_a_kernel_listener") {
         return;
@@ -1338,5 +1379,48 @@ fn tap_and_packet_are_mutually_exclusive_and_one_is_needed() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(want), "{err}");
+    }
+}
+
+/// A measurement, not a check (`--ignored --nocapture`, release): TAP and AF_PACKET in
+/// one run, alternating (A B C, A B C, ...; `RS_ROUNDS`, default 2), each a fresh stackd:
+/// 64 B ping-pong (2000 rounds) and a 64 MiB upload to an app that discards. AF_PACKET
+/// with the veth peer's offloads at their defaults and off.
+#[test]
+#[ignore]
+fn measure_packet_versus_tap() {
+    if !common::require_root("measure_packet_versus_tap") {
+        return;
+    }
+    const LEN: usize = 64 << 20;
+    let rounds: usize = std::env::var("RS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    type Start = fn() -> Stackd;
+    let setups: [(&str, Start); 3] = [
+        ("TAP", || Stackd::start(&[])),
+        ("AF_PACKET, peer offloads on", || {
+            Stackd::start_packet(&[], false)
+        }),
+        ("AF_PACKET, peer offloads off", || {
+            Stackd::start_packet(&[], true)
+        }),
+    ];
+    for round in 0..rounds {
+        for (label, start) in setups {
+            let stackd = start();
+            let mut app = EchoApp::attach(&stackd.control).expect("attach");
+            app.listen(7800, 8);
+            let mut stream = connect_to(&stackd, 7800);
+            let pinger = std::thread::spawn(move || ping_pong(&mut stream, 2000, 64));
+            serve_until(&mut app, Duration::from_secs(60), || pinger.is_finished());
+            let (p50, p99) = pinger.join().unwrap();
+            let took = bulk_upload(&stackd, &mut app, 7800, LEN);
+            let gbit = (LEN * 8) as f64 / took.as_secs_f64() / 1e9;
+            eprintln!(
+                "round {round} {label}: 64 B ping-pong p50 {p50:?} p99 {p99:?}; 64 MiB upload {gbit:.2} Gbit/s"
+            );
+        }
     }
 }
