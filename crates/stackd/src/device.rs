@@ -74,6 +74,9 @@ fn rx_capacity(kind: DeviceKind, mtu: usize) -> usize {
 pub struct FrameDevice {
     fd: OwnedFd,
     kind: DeviceKind,
+    name: String,
+    /// The interface index an AF_PACKET socket is bound to (0 for a TAP).
+    ifindex: i32,
     mtu: usize,
     rx_buffer: Vec<u8>,
     tx_buffer: Vec<u8>,
@@ -84,10 +87,18 @@ pub struct FrameDevice {
 
 impl FrameDevice {
     /// Wraps a descriptor that reads and writes one Ethernet frame per call.
-    pub(crate) fn new(fd: OwnedFd, kind: DeviceKind, mtu: usize) -> FrameDevice {
+    pub(crate) fn new(
+        fd: OwnedFd,
+        kind: DeviceKind,
+        name: &str,
+        ifindex: i32,
+        mtu: usize,
+    ) -> FrameDevice {
         FrameDevice {
             fd,
             kind,
+            name: name.to_string(),
+            ifindex,
             mtu,
             rx_buffer: vec![0; rx_capacity(kind, mtu)],
             tx_buffer: vec![0; mtu + ETHERNET_HEADER],
@@ -149,12 +160,20 @@ impl FrameDevice {
                 let err = io::Error::last_os_error();
                 match err.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                    // Someone set the interface down: the socket reports it once and
-                    // receives again when it is back up. (Deleted: ENODEV, fatal.)
+                    // The interface went down (the socket reports it once and receives
+                    // again when it is back up) or was deleted (the same ENETDOWN, then
+                    // the socket stays unbound for good: fatal, or stackd would sleep
+                    // forever on a dead socket).
                     _ if self.kind == DeviceKind::Packet
                         && err.raw_os_error() == Some(libc::ENETDOWN) =>
                     {
                         self.counters.rx_errors += 1;
+                        if !self.interface_still_bound() {
+                            self.fatal = Some(io::Error::new(
+                                io::ErrorKind::NotFound,
+                                format!("interface {:?} was removed", self.name),
+                            ));
+                        }
                     }
                     _ => {
                         self.counters.rx_errors += 1;
@@ -176,6 +195,19 @@ impl FrameDevice {
             }
             return Some(n);
         }
+    }
+}
+
+impl FrameDevice {
+    /// Whether the interface the socket was bound to still exists under its name (a new
+    /// interface of the same name has another index and is not bound).
+    fn interface_still_bound(&self) -> bool {
+        let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        index != 0 && index as i32 == self.ifindex
     }
 }
 

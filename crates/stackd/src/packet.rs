@@ -165,7 +165,7 @@ pub fn open(name: &str, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> io::Result<Opened
         .bring_up()
         .map_err(|e| context("bringing the link up", e))?;
     Ok(Opened {
-        device: FrameDevice::new(fd, DeviceKind::Packet, mtu),
+        device: FrameDevice::new(fd, DeviceKind::Packet, name, index, mtu),
         mac,
         warnings,
     })

@@ -28,5 +28,5 @@ pub fn open(name: &str) -> io::Result<FrameDevice> {
     let iface = Interface::new(name)?;
     let mtu = iface.mtu()?;
     iface.bring_up()?;
-    Ok(FrameDevice::new(fd, DeviceKind::Tap, mtu))
+    Ok(FrameDevice::new(fd, DeviceKind::Tap, name, 0, mtu))
 }

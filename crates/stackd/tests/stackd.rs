@@ -1282,6 +1282,42 @@ fn packet_with_another_mac_serves_in_promiscuous_mode() {
 }
 
 #[test]
+fn packet_stackd_stops_when_its_interface_is_deleted_and_survives_link_down() {
+    if !common::require_root(
+        "packet_stackd_stops_when_its_interface_is_deleted_and_survives_link_down",
+    ) {
+        return;
+    }
+    let mut stackd = Stackd::start_packet(&[], false);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7720, 8);
+    let serving = app.serve_in_background();
+    let stack_ns = stackd.stack_ns.as_ref().expect("stackd's namespace");
+    // Down and up again: the socket reports ENETDOWN once, stackd keeps serving.
+    stack_ns.exec(&["ip", "link", "set", common::VETH_STACK, "down"]);
+    stack_ns.exec(&["ip", "link", "set", common::VETH_STACK, "up"]);
+    echo_through(&stackd, 7720, 1);
+    assert!(stackd.process.alive(), "{}", stackd.log_text());
+    // Deleted: stackd stops with a clear message instead of sleeping on a dead socket.
+    stack_ns.exec(&["ip", "link", "del", common::VETH_STACK]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = stackd.process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stackd still runs without its interface"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(serving);
+    assert_eq!(status.code(), Some(1));
+    let log = stackd.log_text();
+    assert!(log.contains("\"rsvA\" was removed"), "{log}");
+}
+
+#[test]
 fn packet_app_connects_out_to_a_kernel_listener() {
     if !common::require_root("packet_app_connects_out_to_a_kernel_listener") {
         return;
