@@ -15,19 +15,37 @@ pub enum LogLevel {
     Debug,
 }
 
+/// The interface stackd owns, and how it opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A TAP device to create or attach to (in stackd's network namespace).
+    Tap(String),
+    /// An existing Ethernet interface, through an AF_PACKET socket.
+    Packet(String),
+}
+
+impl DeviceSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceSpec::Tap(name) | DeviceSpec::Packet(name) => name,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// TAP device to create or attach to (in stackd's network namespace).
-    pub tap: String,
+    pub device: DeviceSpec,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
-    pub mac: [u8; 6],
+    /// `--mac`; without it a TAP gets 02:72:73 + the last three bytes of the address, an
+    /// AF_PACKET interface keeps its own.
+    pub mac: Option<[u8; 6]>,
     pub control: PathBuf,
     /// Besides stackd's own uid, peers in this group may attach.
     pub allow_group: Option<u32>,
     pub log: LogLevel,
-    /// After activity, keep polling (TAP and rings) this long before sleeping; 0 = sleep
+    /// After activity, keep polling (device and rings) this long before sleeping; 0 = sleep
     /// at once (the default: idle costs nothing).
     pub busy_poll: std::time::Duration,
 }
@@ -44,18 +62,25 @@ impl fmt::Display for ConfigError {
 
 /// What `--help` prints.
 pub const USAGE: &str = "\
-usage: ringshim-stackd --tap NAME --ip A.B.C.D/NN [--gateway A.B.C.D] [--mac XX:XX:XX:XX:XX:XX]
-                       [--control PATH] [--allow-group GID] [--busy-poll-us N]
-                       [--log error|info|debug]
+usage: ringshim-stackd (--tap NAME | --packet IFNAME) --ip A.B.C.D/NN [--gateway A.B.C.D]
+                       [--mac XX:XX:XX:XX:XX:XX] [--control PATH] [--allow-group GID]
+                       [--busy-poll-us N] [--log error|info|debug]
 
-Runs ringshim's user-space TCP/IP stack on a TAP device of the current network namespace and
-serves applications (the ringshim shim with RINGSHIM_BACKEND=ustack) over a unix control socket
-and shared memory.
+Runs ringshim's user-space TCP/IP stack on a network interface of the current network namespace
+(a TAP device, or an existing Ethernet interface through AF_PACKET) and serves applications
+(the ringshim shim with RINGSHIM_BACKEND=ustack) over a unix control socket and shared memory.
 
   --tap NAME          TAP device to create or attach to (1-15 characters); stackd brings it up
-  --ip A.B.C.D/NN     the stack's own address and prefix (the kernel side of the TAP must not use it)
+  --packet IFNAME     existing Ethernet interface (a veth end, a NIC) to own through an AF_PACKET
+                      socket; it should carry no kernel IP address (one equal to --ip is refused)
+                      and stackd brings it up. Offloads may stay on at both ends of a veth pair:
+                      stackd completes the checksums a peer left to offload and takes its TSO/GSO
+                      frames (up to 64 KiB)
+  --ip A.B.C.D/NN     the stack's own address and prefix (the kernel side must not use it)
   --gateway A.B.C.D   default route for destinations outside the prefix
-  --mac MAC           the stack's MAC address (default: 02:72:73 + the last three bytes of --ip)
+  --mac MAC           the stack's MAC address (default: with --tap 02:72:73 + the last three bytes
+                      of --ip; with --packet the interface's own; another one puts the interface
+                      in promiscuous mode while stackd runs)
   --control PATH      control socket (default /run/ringshim/stackd.sock)
   --allow-group GID   also accept applications whose primary or supplementary group is GID
                       (default: only stackd's own uid)
@@ -102,7 +127,7 @@ pub enum Parsed {
 
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigError> {
-    let mut tap = None;
+    let mut device: Option<DeviceSpec> = None;
     let mut ip = None;
     let mut gateway = None;
     let mut mac = None;
@@ -121,10 +146,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
             return Ok(Parsed::Help);
         }
         const FLAGS: &str =
-            "one of --tap, --ip, --gateway, --mac, --control, --allow-group, --busy-poll-us, --log, --help";
+            "one of --tap, --packet, --ip, --gateway, --mac, --control, --allow-group, --busy-poll-us, --log, --help";
         if !matches!(
             flag.as_str(),
             "--tap"
+                | "--packet"
                 | "--ip"
                 | "--gateway"
                 | "--mac"
@@ -146,7 +172,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
             }
         };
         match flag.as_str() {
-            "--tap" => {
+            "--tap" | "--packet" => {
                 let ok = !value.is_empty()
                     && value.len() <= 15
                     && value
@@ -154,12 +180,26 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
                         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 if !ok {
                     return Err(bad(
-                        "--tap",
+                        &flag,
                         &value,
                         "an interface name of 1-15 characters from [A-Za-z0-9-_.]",
                     ));
                 }
-                tap = Some(value);
+                if let Some(first) = &device {
+                    let first = match first {
+                        DeviceSpec::Tap(_) => "--tap",
+                        DeviceSpec::Packet(_) => "--packet",
+                    };
+                    return Err(ConfigError(format!(
+                        "ringshim-stackd: {flag} {value:?}: stackd owns one interface and {first} \
+                         already names it (--tap and --packet are mutually exclusive)"
+                    )));
+                }
+                device = Some(if flag == "--tap" {
+                    DeviceSpec::Tap(value)
+                } else {
+                    DeviceSpec::Packet(value)
+                });
             }
             "--ip" => {
                 const ACCEPTED: &str =
@@ -229,16 +269,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, ConfigEr
         }
     }
 
-    let tap = tap.ok_or_else(|| {
-        ConfigError("ringshim-stackd: --tap NAME is required (see --help)".to_string())
+    let device = device.ok_or_else(|| {
+        ConfigError(
+            "ringshim-stackd: an interface is required: --tap NAME or --packet IFNAME (see --help)"
+                .to_string(),
+        )
     })?;
     let (ip, prefix_len) = ip.ok_or_else(|| {
         ConfigError("ringshim-stackd: --ip A.B.C.D/NN is required (see --help)".to_string())
     })?;
-    let o = ip.octets();
-    let mac = mac.unwrap_or([0x02, 0x72, 0x73, o[1], o[2], o[3]]);
     Ok(Parsed::Run(Config {
-        tap,
+        device,
         ip,
         prefix_len,
         gateway,
@@ -281,7 +322,8 @@ mod tests {
         };
         assert_eq!(cfg.ip, Ipv4Addr::new(198, 51, 100, 2));
         assert_eq!(cfg.prefix_len, 24);
-        assert_eq!(cfg.mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(cfg.mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(cfg.device, DeviceSpec::Tap("rs0".into()));
         assert_eq!(cfg.allow_group, Some(100));
         assert_eq!(cfg.log, LogLevel::Debug);
     }
@@ -333,7 +375,33 @@ mod tests {
         let err = parse(args(&["--bogus"])).unwrap_err().0;
         assert!(err.contains("--bogus") && err.contains("--tap"), "{err}");
         let err = parse(args(&["--ip", "1.2.3.4/8"])).unwrap_err().0;
-        assert!(err.contains("--tap"), "{err}");
+        assert!(err.contains("--tap") && err.contains("--packet"), "{err}");
         assert_eq!(parse(args(&["--help"])), Ok(Parsed::Help));
+    }
+
+    #[test]
+    fn packet_and_tap_are_one_or_the_other() {
+        let Ok(Parsed::Run(cfg)) = parse(args(&["--packet", "veth0", "--ip", "198.51.100.2/24"]))
+        else {
+            panic!("expected a config")
+        };
+        assert_eq!(cfg.device, DeviceSpec::Packet("veth0".into()));
+        assert_eq!(cfg.mac, None);
+        for list in [
+            &["--tap", "rs0", "--packet", "veth0", "--ip", "1.2.3.4/8"][..],
+            &["--packet", "veth0", "--tap", "rs0", "--ip", "1.2.3.4/8"][..],
+            &["--packet", "a", "--packet", "b", "--ip", "1.2.3.4/8"][..],
+        ] {
+            let err = parse(args(list)).unwrap_err().0;
+            assert!(err.contains("mutually exclusive"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = parse(args(&["--packet", "", "--ip", "1.2.3.4/8"]))
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("--packet") && err.contains("expected"),
+            "{err}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `ringshim-stackd`: parse the flags, open the TAP device, serve until SIGTERM/SIGINT.
+//! `ringshim-stackd`: parse the flags, open the device (TAP or AF_PACKET), serve until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 

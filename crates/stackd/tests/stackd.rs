@@ -9,6 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -292,7 +293,12 @@ fn app_connects_out_through_stackd() {
     if !common::require_root("app_connects_out_through_stackd") {
         return;
     }
-    let stackd = Stackd::start(&[]);
+    connect_out(&Stackd::start(&[]));
+}
+
+/// An app CONNECTs through stackd to a kernel listener on the kernel side: refused first
+/// (nobody on the port), then served; endpoints as the kernel sees them; DISCONNECTED.
+fn connect_out(stackd: &Stackd) {
     let mut app = EchoApp::attach(&stackd.control).expect("attach");
     // A kernel server in the namespace that answers with the reversed request.
     let listener = stackd
@@ -1051,6 +1057,38 @@ fn bad_flags_exit_2_with_one_line() {
     }
 }
 
+/// `len` bytes from a kernel client to `app`, which reads and discards them; timed from
+/// the connect (bytes the client buffers before the accept count too).
+fn bulk_upload(stackd: &Stackd, app: &mut EchoApp, port: u16, len: usize) -> Duration {
+    let start = Instant::now();
+    let mut stream = stackd
+        .ns
+        .run_in(move || TcpStream::connect(Stackd::addr(port)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![7u8; 256 << 10];
+        for _ in 0..len / chunk.len() {
+            stream.write_all(&chunk).unwrap();
+        }
+    });
+    let id = app.expect_kind(MsgKind::Accepted).session;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    while got < len {
+        let n = app.worker.read(id, &mut buf).unwrap();
+        got += n;
+        if n == 0 {
+            app.worker.recv(Some(Duration::from_millis(100))).unwrap();
+        }
+    }
+    let took = start.elapsed();
+    writer.join().unwrap();
+    app.worker
+        .send(&Msg::for_session(MsgKind::Close, id))
+        .unwrap();
+    took
+}
+
 /// A measurement, not a check (run it with `--ignored --nocapture`, in release): 64 MiB
 /// from a kernel client to an app that reads and discards, through stackd; and the same
 /// over the kernel's loopback inside the namespace.
@@ -1064,30 +1102,7 @@ fn measure_bulk_upload() {
     let stackd = Stackd::start(&[]);
     let mut app = EchoApp::attach(&stackd.control).expect("attach");
     app.listen(7600, 8);
-    // Timed from the connect (bytes the client buffers before the accept count too).
-    let start = Instant::now();
-    let mut stream = stackd
-        .ns
-        .run_in(|| TcpStream::connect(Stackd::addr(7600)))
-        .unwrap();
-    let writer = std::thread::spawn(move || {
-        let chunk = vec![7u8; 256 << 10];
-        for _ in 0..LEN / chunk.len() {
-            stream.write_all(&chunk).unwrap();
-        }
-    });
-    let id = app.expect_kind(MsgKind::Accepted).session;
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 256 << 10];
-    while got < LEN {
-        let n = app.worker.read(id, &mut buf).unwrap();
-        got += n;
-        if n == 0 {
-            app.worker.recv(Some(Duration::from_millis(100))).unwrap();
-        }
-    }
-    let stack_time = start.elapsed();
-    writer.join().unwrap();
+    let stack_time = bulk_upload(&stackd, &mut app, 7600, LEN);
 
     let kernel_time = stackd.ns.run_in(|| {
         let listener = TcpListener::bind(SocketAddrV4::new(common::KERNEL_IP, 0)).unwrap();
@@ -1116,4 +1131,332 @@ fn measure_bulk_upload() {
         gbit(stack_time),
         gbit(kernel_time)
     );
+}
+
+// --- AF_PACKET: stackd owning one end of a veth pair, the kernel on the other ---
+
+/// `len` bytes from a kernel client through stackd to the echo app and back, written and
+/// read concurrently; asserts the echo is byte-exact; returns the time it took.
+fn bulk_echo(stackd: &Stackd, app: &mut EchoApp, port: u16, len: usize, seed: u64) -> Duration {
+    let start = Instant::now();
+    let stream = connect_to(stackd, port);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let data = pattern(len, seed);
+    let want = checksum(&data);
+    let mut writer = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in data.chunks(64 << 10) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut reader = stream;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(len);
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    serve_until(app, Duration::from_secs(60), || reader.is_finished());
+    writer.join().expect("writer");
+    let got = reader.join().unwrap().expect("read the echo to EOF");
+    assert_eq!(
+        (got.len(), checksum(&got)),
+        (len, want),
+        "echo of {len} bytes"
+    );
+    start.elapsed()
+}
+
+/// Stops stackd with SIGTERM and returns its log (the device counters are its last line).
+fn stop_and_log(stackd: &mut Stackd) -> String {
+    // SAFETY: signals our own child by PID.
+    unsafe { libc::kill(stackd.process.pid(), libc::SIGTERM) };
+    let status = stackd.process.0.wait().expect("wait for stackd");
+    assert!(status.success(), "stackd stopped with {status}");
+    stackd.log_text()
+}
+
+/// The value of counter `name` in the log's last `DeviceCounters { .. }`.
+fn device_counter(log: &str, name: &str) -> u64 {
+    let tail = &log[log
+        .rfind("DeviceCounters")
+        .expect("device counters in the log")..];
+    let at = tail.find(&format!("{name}: ")).expect(name) + name.len() + 2;
+    tail[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn packet_echo_through_stackd_on_a_veth_end() {
+    if !common::require_root("packet_echo_through_stackd_on_a_veth_end") {
+        return;
+    }
+    // Both the peer's default offloads (CHECKSUM_PARTIAL frames, 64 KiB TSO frames) and
+    // the usual recipe with them off.
+    for peer_offloads_off in [false, true] {
+        let mut stackd = Stackd::start_packet(&[], peer_offloads_off);
+        let mut app = EchoApp::attach(&stackd.control).expect("attach");
+        app.listen(7700, 16);
+        let serving = app.serve_in_background();
+        // Several connections, four at a time, each byte-exact.
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let stackd = &stackd;
+                scope.spawn(move || {
+                    for i in 0..5 {
+                        echo_through(stackd, 7700, t * 100 + i);
+                    }
+                });
+            }
+        });
+        let mut app = serving.stop();
+        assert_eq!(app.accepted, 20);
+
+        // 8 MiB each way at once, checksummed.
+        let took = bulk_echo(&stackd, &mut app, 7700, 8 << 20, 99);
+        assert_eq!(app.accepted, 21);
+        drop(app);
+        let log = stop_and_log(&mut stackd);
+        assert!(log.contains("on AF_PACKET rsvA"), "{log}");
+        assert!(!log.contains("warning"), "{log}");
+        let (frames, completed, oversize) = (
+            device_counter(&log, "rx_frames"),
+            device_counter(&log, "rx_checksums_completed"),
+            device_counter(&log, "rx_oversize"),
+        );
+        assert_eq!(oversize, 0, "{log}");
+        if peer_offloads_off {
+            assert_eq!(
+                completed, 0,
+                "offloads off: every checksum arrives done; {log}"
+            );
+            // 8 MiB in MTU-sized frames.
+            assert!(frames > (8 << 20) / 1500, "{log}");
+        } else {
+            assert!(completed > 0, "offloads on: CHECKSUM_PARTIAL frames; {log}");
+        }
+        eprintln!(
+            "AF_PACKET, peer offloads {}: 8 MiB echoed in {took:?} ({:.2} Gbit/s each way); \
+             {frames} frames received, {completed} checksums completed",
+            if peer_offloads_off { "off" } else { "on" },
+            (8u64 << 23) as f64 / took.as_secs_f64() / 1e9
+        );
+    }
+}
+
+#[test]
+fn packet_with_another_mac_serves_in_promiscuous_mode() {
+    if !common::require_root("packet_with_another_mac_serves_in_promiscuous_mode") {
+        return;
+    }
+    let stackd = Stackd::start_packet(&["--mac", "02:72:73:0a:0b:0c"], false);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7710, 8);
+    let serving = app.serve_in_background();
+    for seed in 0..3 {
+        echo_through(&stackd, 7710, seed);
+    }
+    drop(serving);
+    // The kernel peer learnt stackd's own MAC, not the interface's.
+    let neigh = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &stackd.ns.name,
+            "ip",
+            "neigh",
+            "show",
+            "198.51.100.2",
+        ])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(neigh.contains("02:72:73:0a:0b:0c"), "{neigh}");
+    let log = stackd.log_text();
+    assert!(log.contains("MAC 02-72-73-0a-0b-0c"), "{log}");
+}
+
+#[test]
+fn packet_stackd_stops_when_its_interface_is_deleted_and_survives_link_down() {
+    if !common::require_root(
+        "packet_stackd_stops_when_its_interface_is_deleted_and_survives_link_down",
+    ) {
+        return;
+    }
+    let mut stackd = Stackd::start_packet(&[], false);
+    let mut app = EchoApp::attach(&stackd.control).expect("attach");
+    app.listen(7720, 8);
+    let serving = app.serve_in_background();
+    let stack_ns = stackd.stack_ns.as_ref().expect("stackd's namespace");
+    // Down and up again: the socket reports ENETDOWN once, stackd keeps serving.
+    stack_ns.exec(&["ip", "link", "set", common::VETH_STACK, "down"]);
+    stack_ns.exec(&["ip", "link", "set", common::VETH_STACK, "up"]);
+    echo_through(&stackd, 7720, 1);
+    assert!(stackd.process.alive(), "{}", stackd.log_text());
+    // Deleted: stackd stops with a clear message instead of sleeping on a dead socket.
+    stack_ns.exec(&["ip", "link", "del", common::VETH_STACK]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = stackd.process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stackd still runs without its interface"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(serving);
+    assert_eq!(status.code(), Some(1));
+    let log = stackd.log_text();
+    assert!(log.contains("\"rsvA\" was removed"), "{log}");
+}
+
+#[test]
+fn packet_app_connects_out_to_a_kernel_listener() {
+    if !common::require_root("packet_app_connects_out_to_a_kernel_listener") {
+        return;
+    }
+    connect_out(&Stackd::start_packet(&[], true));
+}
+
+/// Runs stackd with `args` inside `ns`; returns (exit code, stderr).
+fn run_stackd_in(ns: &common::Netns, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_ringshim-stackd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn packet_refuses_a_missing_interface_and_one_the_kernel_addresses() {
+    if !common::require_root("packet_refuses_a_missing_interface_and_one_the_kernel_addresses") {
+        return;
+    }
+    let ns = common::Netns::with_prefix("rs-pk");
+    let dir = common::TempDir::new(&ns.name);
+    let control = dir.0.join("stackd.sock");
+    let control = common::path_str(&control);
+    let (code, err) = run_stackd_in(
+        &ns,
+        &[
+            "--packet",
+            "rsvNone",
+            "--ip",
+            "198.51.100.2/24",
+            "--control",
+            control,
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("\"rsvNone\"") && err.contains("no interface"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // The kernel owning stackd's address on the interface: refused, naming the fix.
+    ns.exec(&[
+        "ip", "link", "add", "rsvA", "type", "veth", "peer", "name", "rsvB",
+    ]);
+    ns.exec(&["ip", "addr", "add", "198.51.100.2/24", "dev", "rsvA"]);
+    let (code, err) = run_stackd_in(
+        &ns,
+        &[
+            "--packet",
+            "rsvA",
+            "--ip",
+            "198.51.100.2/24",
+            "--control",
+            control,
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("198.51.100.2") && err.contains("ip addr del"),
+        "{err}"
+    );
+    assert!(!Path::new(control).exists());
+}
+
+#[test]
+fn tap_and_packet_are_mutually_exclusive_and_one_is_needed() {
+    for (args, want) in [
+        (
+            &[
+                "--tap",
+                "rs0",
+                "--packet",
+                "rsvA",
+                "--ip",
+                "198.51.100.2/24",
+            ][..],
+            "mutually exclusive",
+        ),
+        (&["--ip", "198.51.100.2/24"][..], "--packet IFNAME"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringshim-stackd"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// A measurement, not a check (`--ignored --nocapture`, release): TAP and AF_PACKET in
+/// one run, alternating (A B C, A B C, ...; `RS_ROUNDS`, default 2), each a fresh stackd:
+/// 64 B ping-pong (2000 rounds) and a 64 MiB upload to an app that discards. AF_PACKET
+/// with the veth peer's offloads at their defaults and off.
+#[test]
+#[ignore]
+fn measure_packet_versus_tap() {
+    if !common::require_root("measure_packet_versus_tap") {
+        return;
+    }
+    const LEN: usize = 64 << 20;
+    let rounds: usize = std::env::var("RS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    type Start = fn() -> Stackd;
+    let setups: [(&str, Start); 3] = [
+        ("TAP", || Stackd::start(&[])),
+        ("AF_PACKET, peer offloads on", || {
+            Stackd::start_packet(&[], false)
+        }),
+        ("AF_PACKET, peer offloads off", || {
+            Stackd::start_packet(&[], true)
+        }),
+    ];
+    for round in 0..rounds {
+        for (label, start) in setups {
+            let stackd = start();
+            let mut app = EchoApp::attach(&stackd.control).expect("attach");
+            app.listen(7800, 8);
+            let mut stream = connect_to(&stackd, 7800);
+            let pinger = std::thread::spawn(move || ping_pong(&mut stream, 2000, 64));
+            serve_until(&mut app, Duration::from_secs(60), || pinger.is_finished());
+            let (p50, p99) = pinger.join().unwrap();
+            let took = bulk_upload(&stackd, &mut app, 7800, LEN);
+            let gbit = (LEN * 8) as f64 / took.as_secs_f64() / 1e9;
+            eprintln!(
+                "round {round} {label}: 64 B ping-pong p50 {p50:?} p99 {p99:?}; 64 MiB upload {gbit:.2} Gbit/s"
+            );
+        }
+    }
 }

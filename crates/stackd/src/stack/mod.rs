@@ -9,7 +9,8 @@
 //!    turn socket state changes into messages ([`session`]);
 //!
 //! repeated while anything moved (sleeping right after one poll stalls: a transmit can
-//! make room for more). Then the loop sleeps in `epoll_wait` over the TAP device, the
+//! make room for more). Then the loop sleeps in `epoll_wait` over the device's descriptor
+//! (a TAP or an AF_PACKET socket: both read one frame per call, [`crate::device`]), the
 //! control listener, every application's control connection and `stack_wake` eventfds,
 //! a signalfd (SIGTERM/SIGINT) and a timerfd armed from smoltcp's `poll_delay()`. With
 //! no traffic and no timers it sleeps for good: idle costs no CPU.
@@ -28,9 +29,9 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, 
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use crate::config::{Config, LogLevel};
+use crate::config::{Config, DeviceSpec, LogLevel};
+use crate::device::FrameDevice;
 use crate::sys::cvt;
-use crate::tap::Tap;
 
 pub use app::App;
 use session::{Closing, ListenGroup, Listener};
@@ -54,7 +55,7 @@ pub(crate) use log;
 /// What an epoll event is about (the top byte of its token).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Token {
-    Tap,
+    Device,
     ControlListener,
     Timer,
     Signal,
@@ -67,7 +68,7 @@ enum Token {
 impl Token {
     fn encode(self) -> u64 {
         match self {
-            Token::Tap => 1 << 56,
+            Token::Device => 1 << 56,
             Token::ControlListener => 2 << 56,
             Token::Timer => 3 << 56,
             Token::Signal => 4 << 56,
@@ -81,7 +82,7 @@ impl Token {
         let app = ((raw >> 16) & 0xffff_ffff) as u32;
         let worker = (raw & 0xffff) as u16;
         Some(match raw >> 56 {
-            1 => Token::Tap,
+            1 => Token::Device,
             2 => Token::ControlListener,
             3 => Token::Timer,
             4 => Token::Signal,
@@ -131,7 +132,7 @@ pub struct Stack {
     pub(crate) config: Config,
     started: std::time::Instant,
     pub(crate) iface: Interface,
-    pub(crate) device: Tap,
+    pub(crate) device: FrameDevice,
     pub(crate) sockets: SocketSet<'static>,
     epoll: OwnedFd,
     timer: OwnedFd,
@@ -192,18 +193,35 @@ fn epoll_del(epoll: RawFd, fd: RawFd) {
 }
 
 impl Stack {
-    /// Opens the TAP device, sets up smoltcp and binds the control socket.
+    /// Opens the device, sets up smoltcp and binds the control socket.
     pub fn new(config: Config) -> io::Result<Stack> {
         LOG_LEVEL.store(config.log as u8, Ordering::Relaxed);
-        let mut device = Tap::open(&config.tap).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open TAP device {:?}: {e}", config.tap),
-            )
-        })?;
+        let (mut device, mac) = match &config.device {
+            DeviceSpec::Tap(name) => {
+                let device = crate::tap::open(name).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open TAP device {name:?}: {e}"))
+                })?;
+                let o = config.ip.octets();
+                (
+                    device,
+                    config.mac.unwrap_or([0x02, 0x72, 0x73, o[1], o[2], o[3]]),
+                )
+            }
+            DeviceSpec::Packet(name) => {
+                let opened = crate::packet::open(name, config.ip, config.mac).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot open interface {name:?} (AF_PACKET): {e}"),
+                    )
+                })?;
+                for warning in &opened.warnings {
+                    log!(LogLevel::Error, "warning: {warning}");
+                }
+                (opened.device, opened.mac)
+            }
+        };
         let started = std::time::Instant::now();
-        let mut iface_config =
-            IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         iface_config.random_seed = random_seed();
         let mut iface = Interface::new(iface_config, &mut device, Instant::from_micros(0));
         iface.update_ip_addrs(|addrs| {
@@ -234,7 +252,7 @@ impl Stack {
             epoll.as_raw_fd(),
             device.as_raw_fd(),
             libc::EPOLLIN as u32,
-            Token::Tap,
+            Token::Device,
         )?;
         epoll_add(
             epoll.as_raw_fd(),
@@ -257,10 +275,12 @@ impl Stack {
 
         log!(
             LogLevel::Info,
-            "serving {}/{} on TAP {} (MTU {}), control socket {}",
+            "serving {}/{} on {} {} (MAC {}, MTU {}), control socket {}",
             config.ip,
             config.prefix_len,
-            config.tap,
+            device.kind().label(),
+            config.device.name(),
+            EthernetAddress(mac),
             device.mtu(),
             config.control.display()
         );
@@ -296,7 +316,7 @@ impl Stack {
         Instant::from_micros(self.started.elapsed().as_micros() as i64)
     }
 
-    /// Serves until SIGTERM or SIGINT, or until the TAP device fails.
+    /// Serves until SIGTERM or SIGINT, or until the device fails.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         let mut last_activity = std::time::Instant::now();
@@ -320,12 +340,12 @@ impl Stack {
             if let Some(err) = self.device.fatal.take() {
                 return Err(io::Error::new(
                     err.kind(),
-                    format!("TAP device failed: {err}"),
+                    format!("{} device failed: {err}", self.device.kind().label()),
                 ));
             }
 
             // Busy-poll (opt-in): without the sleeping flags set, applications post
-            // without writing eventfds, and the TAP is checked with a zero timeout.
+            // without writing eventfds, and the device is checked with a zero timeout.
             let busy =
                 !self.config.busy_poll.is_zero() && last_activity.elapsed() < self.config.busy_poll;
             let timeout = if busy || rounds >= MAX_ROUNDS_PER_WAKE || !self.prepare_sleep() {
@@ -355,7 +375,7 @@ impl Stack {
             for event in &events[..ready as usize] {
                 let (raw, flags) = (event.u64, event.events);
                 match Token::decode(raw) {
-                    Some(Token::Tap) | None => {}
+                    Some(Token::Device) | None => {}
                     Some(Token::Timer) => drain_counter(self.timer.as_raw_fd()),
                     Some(Token::Signal) => self.on_signal(),
                     Some(Token::ControlListener) => self.accept_control_connections(),
@@ -456,9 +476,14 @@ impl Stack {
         let _ = std::fs::remove_file(&self.config.control);
         log!(
             LogLevel::Info,
-            "stopped; counters {:?}; device {:?}",
+            "stopped; counters {:?}; device {:?}{}",
             self.counters,
-            self.device.counters
+            self.device.counters,
+            self.device
+                .kernel_drops()
+                .map_or(String::new(), |n| format!(
+                    "; dropped by the kernel (queue full) {n}"
+                ))
         );
     }
 

@@ -1,7 +1,7 @@
-//! Test fixtures: a private network namespace (TEST-NET-2 addresses only), a
-//! `ringshim-stackd` owning a TAP device inside it, and ways to act in the namespace.
+//! Test fixtures: private network namespaces (TEST-NET-2 addresses only), a
+//! `ringshim-stackd` owning an interface inside one, and ways to act in them.
 //!
-//! Topology of every test:
+//! Topology with a TAP ([`Stackd::start`], most tests):
 //!
 //! ```text
 //!   namespace rs-us-<pid>-<n>
@@ -9,6 +9,14 @@
 //!     kernel side      198.51.100.1  (address of rsus0; the tests' kernel clients)
 //!   the test process (outside the namespace) = the application, attached over the
 //!   control socket <tmp>/stackd.sock and shared memory
+//! ```
+//!
+//! Topology with AF_PACKET ([`Stackd::start_packet`]): two namespaces and a veth pair.
+//!
+//! ```text
+//!   namespace rs-pk-<pid>-<n> (stack_ns)        namespace rs-pk-<pid>-<m> (ns)
+//!     rsvA, no address  <---- veth ---->          rsvB 198.51.100.1/24 (kernel clients)
+//!     ringshim-stackd --packet rsvA --ip 198.51.100.2/24
 //! ```
 //!
 //! Everything is removed by Drop guards: processes are killed by PID, the namespace deleted.
@@ -29,6 +37,9 @@ use std::time::{Duration, Instant};
 pub const STACK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const KERNEL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const TAP: &str = "rsus0";
+/// The veth end stackd owns (in `stack_ns`) and the kernel's end (in `ns`).
+pub const VETH_STACK: &str = "rsvA";
+pub const VETH_KERNEL: &str = "rsvB";
 
 /// True when the test may run. Not root: skip with a message, unless CI=true, where a skip
 /// is a failure (CI runs as root and must run these tests).
@@ -65,9 +76,15 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Netns {
+        Netns::with_prefix("rs-us")
+    }
+
+    /// A namespace named `<prefix>-<pid>-<n>` (the prefix keeps concurrent suites of
+    /// other topologies from colliding).
+    pub fn with_prefix(prefix: &str) -> Netns {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
-            "rs-us-{}-{}",
+            "{prefix}-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -115,6 +132,34 @@ impl Drop for Netns {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// One ethtool "set" command with an `ethtool_value` (`{cmd, data}`) on interface `name`
+/// of the calling thread's namespace.
+pub fn ethtool_set(name: &str, cmd: u32, data: u32) -> std::io::Result<()> {
+    let mut value: [u32; 2] = [cmd, data];
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    assert!(name.len() < req.ifr_name.len());
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = value.as_mut_ptr().cast();
+    // SAFETY: plain socket; SIOCETHTOOL reads the ifreq and the ethtool_value it points
+    // to, both alive for the call; the descriptor is closed right after.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ret = libc::ioctl(sock, libc::SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(sock);
+        if ret < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// A child process killed by PID on drop.
@@ -203,10 +248,14 @@ pub fn stackd_bin() -> PathBuf {
 }
 
 /// stackd running in its own namespace. Field order = drop order: the process first,
-/// then the namespace, then the directory.
+/// then the namespaces, then the directory.
 pub struct Stackd {
     pub process: ChildGuard,
+    /// Where the kernel side lives (the tests' kernel clients and servers): stackd's own
+    /// namespace with a TAP, the veth peer's with AF_PACKET.
     pub ns: Netns,
+    /// stackd's namespace when it is not `ns` (AF_PACKET).
+    pub stack_ns: Option<Netns>,
     pub dir: TempDir,
     pub control: PathBuf,
     pub log: PathBuf,
@@ -217,20 +266,66 @@ impl Stackd {
     /// side of its TAP device.
     pub fn start(extra: &[&str]) -> Stackd {
         let ns = Netns::new();
+        let mut stackd = Stackd::spawn(ns, None, &["--tap", TAP], extra);
+        // The TAP exists once stackd is serving.
+        stackd.wait_for_control();
+        stackd
+            .ns
+            .exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", TAP]);
+        stackd.ns.exec(&["ip", "link", "set", TAP, "up"]);
+        stackd
+    }
+
+    /// The AF_PACKET topology (module docs): a veth pair between a namespace of stackd's
+    /// (`rsvA`, no address, `--packet rsvA`) and one of the kernel's (`rsvB`,
+    /// 198.51.100.1/24). `peer_offloads_off` turns tx checksumming, TSO and GSO off on
+    /// `rsvB` (`ethtool -K rsvB tx off tso off gso off`), as stackd's README asks of a
+    /// veth peer.
+    pub fn start_packet(extra: &[&str], peer_offloads_off: bool) -> Stackd {
+        let stack_ns = Netns::with_prefix("rs-pk");
+        let ns = Netns::with_prefix("rs-pk");
+        // Created inside stackd's namespace, the peer moved at once: the names never
+        // exist in the caller's namespace, so concurrent suites cannot collide on them.
+        stack_ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            VETH_STACK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            VETH_KERNEL,
+            "netns",
+            &ns.name,
+        ]);
+        ns.exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", VETH_KERNEL]);
+        ns.exec(&["ip", "link", "set", VETH_KERNEL, "up"]);
+        if peer_offloads_off {
+            ns.run_in(|| {
+                // ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO (here rather than through
+                // stackd's library: the shim's tests share this file without its `stack`
+                // feature, and the ethtool tool may not be installed).
+                for cmd in [0x17, 0x1f, 0x24] {
+                    ethtool_set(VETH_KERNEL, cmd, 0).expect("offloads off on the peer");
+                }
+            });
+        }
+        let mut stackd = Stackd::spawn(ns, Some(stack_ns), &["--packet", VETH_STACK], extra);
+        stackd.wait_for_control();
+        stackd
+    }
+
+    /// Starts stackd in `stack_ns` (or `ns`) with the device flags `device`.
+    fn spawn(ns: Netns, stack_ns: Option<Netns>, device: &[&str], extra: &[&str]) -> Stackd {
         let dir = TempDir::new(&ns.name);
         let control = dir.0.join("stackd.sock");
         let log = dir.0.join("stackd.log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+            .args(["netns", "exec", &stack_ns.as_ref().unwrap_or(&ns).name])
             .arg(stackd_bin())
-            .args([
-                "--tap",
-                TAP,
-                "--ip",
-                "198.51.100.2/24",
-                "--gateway",
-                "198.51.100.1",
-            ])
+            .args(device)
+            .args(["--ip", "198.51.100.2/24", "--gateway", "198.51.100.1"])
             .arg("--control")
             .arg(&control)
             .args(extra)
@@ -245,13 +340,18 @@ impl Stackd {
             .stderr(File::create(&log).expect("create log"))
             .spawn()
             .expect("spawn stackd");
-        let mut stackd = Stackd {
+        Stackd {
             process: ChildGuard(child),
             ns,
+            stack_ns,
             dir,
             control,
             log,
-        };
+        }
+    }
+
+    fn wait_for_control(&mut self) {
+        let stackd = self;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !stackd.control.exists() {
             assert!(
@@ -265,11 +365,6 @@ impl Stackd {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        stackd
-            .ns
-            .exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", TAP]);
-        stackd.ns.exec(&["ip", "link", "set", TAP, "up"]);
-        stackd
     }
 
     pub fn log_text(&self) -> String {
