@@ -2,10 +2,15 @@
 //! unmodified program's non-loopback TCP through `ringshim-stackd` (smoltcp on a TAP
 //! device), while loopback stays on the kernel.
 //!
-//! Topology (the stackd test harness, `crates/stackd/tests/common`): a namespace the test
-//! creates, with stackd on 198.51.100.2 owning TAP `rsus0` and the kernel side of the TAP
-//! on 198.51.100.1 (TEST-NET-2 only). The program under the shim runs in that namespace,
-//! so its stackd sockets talk across the TAP to kernel sockets of the same namespace.
+//! Topologies (the stackd test harness, `crates/stackd/tests/common`; TEST-NET-2 only):
+//! - TAP: a namespace the test creates, with stackd on 198.51.100.2 owning TAP `rsus0`
+//!   and the kernel side of the TAP on 198.51.100.1. The program under the shim runs in
+//!   that namespace, so its stackd sockets talk across the TAP to kernel sockets of the
+//!   same namespace.
+//! - AF_PACKET (the redis test): two namespaces joined by a veth pair; stackd owns the
+//!   address-less end `rsvA` (198.51.100.2) in the first, where the program runs too (its
+//!   kernel stack there has loopback only), and the peers are kernel sockets on
+//!   198.51.100.1 in the second.
 //!
 //! Needs root (namespaces, TAP); skipped with a message otherwise, a failure under
 //! `CI=true`. Every child is killed by PID when its guard drops.
@@ -41,7 +46,7 @@ fn script(name: &str) -> PathBuf {
 /// `argv` inside the namespace under the shim with the ustack backend on `st`.
 fn under_shim(st: &Stackd, argv: &[&Path], extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &st.ns.name]).args(argv);
+    cmd.args(["netns", "exec", app_ns(st)]).args(argv);
     cmd.env("LD_PRELOAD", shim_lib())
         .env("RINGSHIM_BACKEND", "ustack")
         .env("RINGSHIM_STACKD", &st.control)
@@ -50,6 +55,12 @@ fn under_shim(st: &Stackd, argv: &[&Path], extra_env: &[(&str, &str)]) -> Comman
         cmd.env(k, v);
     }
     cmd
+}
+
+/// Where the program under the shim runs: stackd's namespace (with a TAP it is also the
+/// peers' namespace).
+fn app_ns(st: &Stackd) -> &str {
+    &st.stack_ns.as_ref().unwrap_or(&st.ns).name
 }
 
 /// A kernel TCP connection made from inside namespace `ns` (usable from any thread).
@@ -197,7 +208,9 @@ fn redis_server_serves_redis_benchmark_through_stackd() {
     if !require(have, "redis-server (scripts/install-deps.sh installs it)") {
         return;
     }
-    let st = Stackd::start(&[]);
+    // Over AF_PACKET on a veth end, the peer's offloads left on (stackd completes the
+    // checksums).
+    let st = Stackd::start_packet(&[], false);
     let dir = TestDir::new("ustack-redis");
     let srv_cmd = {
         let mut c = under_shim(&st, &[Path::new("redis-server")], &[]);
@@ -271,7 +284,17 @@ fn redis_server_serves_redis_benchmark_through_stackd() {
         ),
     ]);
     assert!(set.stdout.contains("OK"), "{}", set.describe());
-    let get = in_ns(&["redis-cli", "-h", "127.0.0.1", "-p", "6390", "get", "big"]);
+    let mut get = Command::new("ip");
+    get.args(["netns", "exec", app_ns(&st)]).args([
+        "redis-cli",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "6390",
+        "get",
+        "big",
+    ]);
+    let get = run_limited(get, LIMIT);
     assert_eq!(get.stdout.trim_end(), value, "1 MiB value differs");
     let info = in_ns(&[
         "redis-cli",
