@@ -239,11 +239,14 @@ def main():
              "(printed at its exit) cover its whole life — connection set-up and warm-up "
              "included — and are divided by the requests the client counted, so they are slight "
              "overestimates per request. *sleeps* = stackd's `epoll_wait`s that blocked (each one "
-             "a wake-up later); *app wake-ups* = eventfd writes stackd made to wake the server.")
+             "a wake-up later); *app wake-ups* = eventfd writes stackd made to wake the server; "
+             "*user-space share* = stackd's utime / (utime+stime): the rest is system time, mostly "
+             "the TAP's `read`/`write` — which includes the client namespace's kernel receive of "
+             "every frame stackd writes.")
     L.append("")
     L.append("| workload | server busy % | stackd busy % | client busy % | stackd share of server-side CPU | "
-             "stackd sleeps/req | app wake-ups/req | TAP frames/req (rx+tx) | K: server busy % | K: client busy % |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+             "stackd user-space share | stackd sleeps/req | app wake-ups/req | TAP frames/req (rx+tx) | K: server busy % | K: client busy % |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for w in workloads:
         if w.endswith(" GET"):
             continue
@@ -254,11 +257,13 @@ def main():
         share = med((num(r["sd_ticks"]) / (num(r["sd_ticks"]) + num(r["srv_ticks"])) * 100)
                     if num(r["sd_ticks"]) is not None and (num(r["sd_ticks"]) + num(r["srv_ticks"])) > 0 else None
                     for r in srs)
+        ushare = med(100 * num(r.get("sd_uticks")) / num(r["sd_ticks"])
+                     if num(r.get("sd_uticks")) is not None and num(r["sd_ticks"]) else None for r in srs)
         frames = med(((num(r["sd_rx_frames"]) or 0) + (num(r["sd_tx_frames"]) or 0)) / num(r["requests"])
                      if num(r["requests"]) and r["sd_rx_frames"] else None for r in srs)
         L.append(f"| {base(w)} | {fmt(med(busy(r, 'srv_ticks') for r in srs))} | "
                  f"{fmt(med(busy(r, 'sd_ticks') for r in srs))} | {fmt(med(busy(r, 'cli_ticks') for r in srs))} | "
-                 f"{fmt(share)} % | {fmt(med(per_req(r, 'sd_sleeps') for r in srs), 2)} | "
+                 f"{fmt(share)} % | {fmt(ushare)} % | {fmt(med(per_req(r, 'sd_sleeps') for r in srs), 2)} | "
                  f"{fmt(med(per_req(r, 'sd_app_wakeups') for r in srs), 2)} | {fmt(frames, 2)} | "
                  f"{fmt(med(busy(r, 'srv_ticks') for r in krs))} | {fmt(med(busy(r, 'cli_ticks') for r in krs))} |")
     L.append("")

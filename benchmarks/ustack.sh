@@ -4,7 +4,7 @@
 #   U  shim, RINGSHIM_BACKEND=uring (the default)
 #   S  shim, RINGSHIM_BACKEND=ustack, through ringshim-stackd (smoltcp on a TAP device)
 #
-#   bash benchmarks/ustack.sh            # full run (~10-15 min), as root
+#   bash benchmarks/ustack.sh            # full run, 5 rounds (~10-15 min), as root
 #   bash benchmarks/ustack.sh --quick    # smoke (<= 2 min): echo c=100, redis c=50, nginx c=64, 2 rounds
 #   bash benchmarks/ustack.sh --only echo,redis,nginx [--rounds N] [--keep]
 #
@@ -57,7 +57,7 @@ if ((QUICK)); then
     QUIET_MAX=${QUIET_MAX:-3}
     REPORT="$OUT/RESULTS-ustack.md"
 else
-    : "${ROUNDS:=3}"
+    : "${ROUNDS:=5}"
     RETRIES=${RETRIES:-2}
     ECHO_CONNS=${ECHO_CONNS:-"10 100"}
     ECHO_SECS=${ECHO_SECS:-4}
@@ -245,6 +245,15 @@ pid_cpu() { # PID...: utime+stime (USER_HZ) of each thread group, summed
     echo "$t"
 }
 
+utime_of() { # PID: utime (USER_HZ) alone: stackd's user-space share (smoltcp, fifos)
+    local s fld
+    [[ -n "$1" ]] || { echo 0; return; }
+    s="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
+    s="${s##*) }"
+    read -ra fld <<<"$s"
+    echo "${fld[11]}"
+}
+
 own_children_cpu() { # cutime+cstime of this shell: children reaped so far (the clients)
     local s fld
     s="$(cat /proc/$$/stat)"
@@ -426,13 +435,13 @@ client_wrk() { # IP CONNS SECS
 
 # ------------------------------------------------------------------------ one run
 RAW="$OUT/raw.tsv"
-HEADER="workload	round	path	status	reason	rps	p50_us	p99_us	requests	srv_syscalls	srv_cs	srv_ticks	sd_syscalls	sd_cs	sd_ticks	cli_ticks	secs	steal_pct	foreign_cpus	sd_sleeps	sd_app_wakeups	sd_rx_frames	sd_tx_frames	accel_sockets"
+HEADER="workload	round	path	status	reason	rps	p50_us	p99_us	requests	srv_syscalls	srv_cs	srv_ticks	sd_syscalls	sd_cs	sd_ticks	cli_ticks	secs	steal_pct	foreign_cpus	sd_sleeps	sd_app_wakeups	sd_rx_frames	sd_tx_frames	accel_sockets	sd_uticks"
 
 emit() { # WORKLOAD STATUS REASON RPS P50 P99
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$1" "$ROUND" "$P" "$2" "$3" "$4" "$5" "$6" "${REQS:-}" "${SRV_SYS:-}" "${SRV_CS:-}" "${SRV_TICKS:-}" \
         "${SD_SYS:-}" "${SD_CS:-}" "${SD_TICKS:-}" "${CLI_TICKS:-}" "${ELAPSED:-}" "${STEAL_PCT:-}" "${FOREIGN:-}" \
-        "${SD_SLEEPS:-}" "${SD_WAKEUPS:-}" "${SD_RXF:-}" "${SD_TXF:-}" "${ACCEL:-}" >>"$RAW"
+        "${SD_SLEEPS:-}" "${SD_WAKEUPS:-}" "${SD_RXF:-}" "${SD_TXF:-}" "${ACCEL:-}" "${SD_UTICKS:-}" >>"$RAW"
 }
 
 # run_one WORKLOAD KIND ARGS... (P = path) -> rows in $RAW; returns 1 failed, 2 contaminated.
@@ -444,7 +453,7 @@ run_one() {
     logf="$OUT/logs/$tag.log"
     SD_LOG="$OUT/logs/$tag.stackd.log"
     RUN_ERR="" RPS="" P50="" P99="" REQS="" SRV_SYS="" SRV_CS="" SRV_TICKS="" SD_SYS="" SD_CS="" SD_TICKS=""
-    CLI_TICKS="" ELAPSED="" STEAL_PCT="" FOREIGN="" SD_SLEEPS="" SD_WAKEUPS="" SD_RXF="" SD_TXF="" ACCEL="" SUBROWS=""
+    CLI_TICKS="" SD_UTICKS="" ELAPSED="" STEAL_PCT="" FOREIGN="" SD_SLEEPS="" SD_WAKEUPS="" SD_RXF="" SD_TXF="" ACCEL="" SUBROWS=""
     if [[ "$P" == S ]]; then start_stackd || ok=0; fi
     if ((ok)); then
         case "$kind" in
@@ -462,7 +471,7 @@ run_one() {
     fi
     ((ok)) && { check_preload "$P" || ok=0; }
     if ((ok)); then
-        local s0 s1 d0 d1 b0 t0 st0 b1 t1 st1 c0 c1 w0 w1 sdperf="$WORK/sdperf.out"
+        local s0 s1 d0 d1 du0 du1 b0 t0 st0 b1 t1 st1 c0 c1 w0 w1 sdperf="$WORK/sdperf.out"
         if [[ "$P" == S ]]; then
             rm -f "$sdperf"
             perf stat -e raw_syscalls:sys_enter,context-switches -x, -o "$sdperf" -p "$SD_PID" 2>/dev/null &
@@ -472,6 +481,7 @@ run_one() {
         c0="$(own_children_cpu)"
         s0="$(pid_cpu "${SRV_PIDS[@]}")"
         d0="$(pid_cpu "$SD_PID")"
+        du0="$(utime_of "$SD_PID")"
         read -r b0 t0 st0 <<<"$(procstat)"
         w0=$EPOCHREALTIME
         perf_ctl enable
@@ -486,11 +496,12 @@ run_one() {
         read -r b1 t1 st1 <<<"$(procstat)"
         s1="$(pid_cpu "${SRV_PIDS[@]}")"
         d1="$(pid_cpu "$SD_PID")"
+        du1="$(utime_of "$SD_PID")"
         c1="$(own_children_cpu)"
         ACCEL="$(accel_sockets "$P")"
         SRV_TICKS=$((s1 - s0)) CLI_TICKS=$((c1 - c0))
         if [[ "$P" == S ]]; then
-            SD_TICKS=$((d1 - d0))
+            SD_TICKS=$((d1 - d0)) SD_UTICKS=$((du1 - du0))
             SD_SYS="$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$sdperf" 2>/dev/null)"
             SD_CS="$(awk -F, '/context-switches/ { print $1 }' "$sdperf" 2>/dev/null)"
         fi
