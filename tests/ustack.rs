@@ -318,6 +318,20 @@ fn redis_server_serves_redis_benchmark_through_stackd() {
     assert!(srv.wait_exit(LIMIT).is_some(), "{}", srv.stderr());
 }
 
+/// tests/ustack/late_accept.py under the shim on `port`, accepting `n` connections once
+/// its stdin closes; `watch` registers the listener in an epoll set first.
+fn start_late_accept(st: &Stackd, port: u16, n: u32, watch: bool) -> LiveProcess {
+    let (py, server) = (python(), script("late_accept.py"));
+    let (port, n) = (port.to_string(), n.to_string());
+    let mut argv: Vec<&Path> = vec![&py, &server, Path::new(&port), Path::new(&n)];
+    if watch {
+        argv.push(Path::new("watch"));
+    }
+    let mut srv = LiveProcess::spawn(under_shim(st, &argv, &[]));
+    srv.wait_line("listening", LIMIT);
+    srv
+}
+
 /// Regression: an end (FIN or RST) that stackd reported while the connection still
 /// waited in the accept queue was dropped, since no socket owned the session yet; the
 /// server then never saw EOF and held the connection until its own timeout (nginx's
@@ -328,20 +342,7 @@ fn eof_and_reset_before_accept_are_not_lost() {
         return;
     }
     let st = Stackd::start(&[]);
-    let py = python();
-    let server = script("late_accept.py");
-    let mut srv = LiveProcess::spawn(under_shim(
-        &st,
-        &[
-            &py,
-            &server,
-            Path::new("7300"),
-            Path::new("2"),
-            Path::new("watch"),
-        ],
-        &[],
-    ));
-    srv.wait_line("listening", LIMIT);
+    let mut srv = start_late_accept(&st, 7300, 2, true);
     // Connection 0 sends and closes (FIN), connection 1 sends and resets (linger 0),
     // both before the server accepts either.
     let mut orderly = connect_in(&st.ns.name, "198.51.100.2:7300");
@@ -413,22 +414,14 @@ fn connections_before_the_first_accept_wait_in_the_backlog() {
         return;
     }
     let st = Stackd::start(&[]);
-    let py = python();
-    let server = script("late_accept.py");
-    let mut srv = LiveProcess::spawn(under_shim(
-        &st,
-        &[&py, &server, Path::new("7301"), Path::new("3")],
-        &[],
-    ));
-    srv.wait_line("listening", LIMIT);
+    let mut srv = start_late_accept(&st, 7301, 3, false);
+    let mut held = Vec::new();
     for k in 0..3 {
         let mut c = connect_in(&st.ns.name, "198.51.100.2:7301");
         c.write_all(format!("request {k}").as_bytes()).unwrap();
-        if k < 2 {
-            drop(c); // FIN
-        } else {
-            std::mem::forget(c); // stays open: accept must still find it
-        }
+        if k == 2 {
+            held.push(c); // stays open: accept must still find it
+        } // the others close here (FIN)
     }
     srv.close_stdin();
     assert_eq!(srv.wait_line("conn 0:", LIMIT), "9 bytes then eof");
