@@ -327,7 +327,10 @@ impl Pass<'_> {
                     .push((session.worker, Msg::for_session(MsgKind::Disconnected, id)));
                 progress = true;
             }
-            if state == State::Closed && !peer_finished && !session.reset_reported {
+            // Only the pass that sees the socket close decides: on the next one
+            // `last_state` is Closed too, and a graceful end would read as a reset.
+            let newly_closed = state == State::Closed && session.last_state != State::Closed;
+            if newly_closed && !peer_finished && !session.reset_reported {
                 session.reset_reported = true;
                 let mut msg = Msg::for_session(MsgKind::Reset, id);
                 msg.result = libc::ECONNRESET;
