@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{io_uring_available, repo_root, require, shim_lib, shimmed, MODES};
+use common::{io_uring_available, is_root, repo_root, require, shim_lib, shimmed, MODES};
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -105,9 +105,42 @@ impl Run {
     }
 }
 
-/// Runs the runner on `scn`: without LD_PRELOAD when `env` is None, else under the shim
-/// with the given configuration.
-fn run(scn: &Path, env: Option<&[(&str, &str)]>) -> Run {
+/// Where the runs of one comparison happen. The loopback suite runs everything here; the
+/// ustack variants run the baseline in a namespace whose kernel owns the mapped
+/// addresses and the shimmed runs beside stackd, both with the runner's DIFF_ADDR_*
+/// mapping.
+#[derive(Clone, Copy, Default)]
+struct Placement<'a> {
+    /// Network namespace (a /run/netns name) of the runs without the shim.
+    baseline_netns: Option<&'a str>,
+    /// Network namespace of the runs under the shim.
+    shim_netns: Option<&'a str>,
+    /// Environment of every run, with and without the shim (the address mapping).
+    env: &'a [(&'a str, &'a str)],
+}
+
+/// Makes `cmd` start inside network namespace `name` (setns in the child before exec).
+fn enter_netns(cmd: &mut Command, name: &str) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call on an fd the parent keeps open (moved into it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Runs the runner on `scn` where `place` says: without LD_PRELOAD when `env` is None,
+/// else under the shim with the given configuration.
+fn run_at(scn: &Path, env: Option<&[(&str, &str)]>, place: &Placement) -> Run {
     let exe = runner();
     let mut cmd = match env {
         None => {
@@ -117,6 +150,17 @@ fn run(scn: &Path, env: Option<&[(&str, &str)]>) -> Run {
         }
         Some(e) => shimmed(&exe, e),
     };
+    for (k, v) in place.env {
+        cmd.env(k, v);
+    }
+    let netns = if env.is_none() {
+        place.baseline_netns
+    } else {
+        place.shim_netns
+    };
+    if let Some(ns) = netns {
+        enter_netns(&mut cmd, ns);
+    }
     cmd.arg(scn)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -237,7 +281,23 @@ fn shell_quote(s: &str) -> String {
 /// per configuration whose trace differs (empty = all equal). Err: the scenario itself is
 /// broken or nondeterministic on the plain kernel, or the shim was not loaded.
 fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<String>, String> {
-    let base = run(scn, None);
+    differences_at(scn, modes, &Placement::default()).map(|c| c.reports)
+}
+
+/// One scenario compared under some configurations.
+struct Comparison {
+    /// One report per configuration whose trace differs (empty = all equal).
+    reports: Vec<String>,
+    /// The shimmed runs' stderr (the shim's log), one per configuration that ran.
+    shim_stderr: Vec<String>,
+}
+
+fn differences_at(
+    scn: &Path,
+    modes: &[(&str, &[(&str, &str)])],
+    place: &Placement,
+) -> Result<Comparison, String> {
+    let base = run_at(scn, None, place);
     let base_trace = base.trace();
     if base.code != Some(0) || !base.stdout.ends_with("# end\n") {
         return Err(format!(
@@ -254,7 +314,7 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
             base.preload()
         ));
     }
-    let again = run(scn, None);
+    let again = run_at(scn, None, place);
     if again.trace() != base_trace {
         return Err(format!(
             "{} is nondeterministic without the shim (a race in the scenario: wait for a condition \
@@ -265,6 +325,7 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
     }
     let lib = shim_lib();
     let mut reports = Vec::new();
+    let mut shim_stderr = Vec::new();
     for (mode, env) in modes {
         if mode.contains("uring")
             && !require(
@@ -274,7 +335,7 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
         {
             continue;
         }
-        let shim = run(scn, Some(env));
+        let shim = run_at(scn, Some(env), place);
         match shim.preload() {
             Some(p) if p.contains("libringshim") => {}
             other => {
@@ -287,8 +348,10 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
         }
         let shim_trace = shim.trace();
         if shim_trace != base_trace {
-            let envs: String = env
+            let envs: String = place
+                .env
                 .iter()
+                .chain(env.iter())
                 .map(|(k, v)| format!("{k}={} ", shell_quote(v)))
                 .collect();
             let stderr_tail: Vec<&str> = shim.stderr.lines().rev().take(20).collect();
@@ -296,7 +359,11 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
                 "[{mode}] trace differs from the kernel's\n{}\nreproduce:\n  {}LD_PRELOAD={} {} {}\n  \
                  (or: cargo test --test differential -- {})\nshim run stderr (last lines):\n  {}\n",
                 unified_diff(&base_trace, &shim_trace, "no shim", mode),
-                envs,
+                place
+                    .shim_netns
+                    .map(|ns| format!("ip netns exec {ns} env "))
+                    .unwrap_or_default()
+                    + &envs,
                 shell_quote(&lib.display().to_string()),
                 shell_quote(&runner().display().to_string()),
                 shell_quote(&scn.display().to_string()),
@@ -304,8 +371,12 @@ fn differences(scn: &Path, modes: &[(&str, &[(&str, &str)])]) -> Result<Vec<Stri
                 stderr_tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
             ));
         }
+        shim_stderr.push(shim.stderr);
     }
-    Ok(reports)
+    Ok(Comparison {
+        reports,
+        shim_stderr,
+    })
 }
 
 fn check(name: &str) {
@@ -499,4 +570,208 @@ fn unified_diff_shows_changes_with_context() {
         "{d}"
     );
     assert_eq!(unified_diff(&a, &a, "a", "b"), "--- a\n+++ b\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// The same scenarios across the ustack backend (issue 6). The scenarios talk over
+// 127.0.0.1, which stays on the kernel under any backend; the runner's address mapping
+// (DIFF_ADDR_*, tests/diff/runner.c) moves their TCP onto the TAP of a ringshim-stackd the
+// test starts, one end of each connection in stackd and the other on the kernel:
+//
+// - ustack-server: listeners bind the wildcard (a listener of both stacks), clients
+//   connect to stackd's 198.51.100.2 on the kernel (RINGSHIM_KERNEL_NETS keeps that one
+//   address on the kernel for the client side), so every accepted socket is stackd's.
+// - ustack-client: listeners bind the TAP's kernel address 198.51.100.1, clients connect
+//   there through stackd, so every connecting socket is stackd's.
+//
+// The baseline (no shim) runs in a namespace whose kernel owns both addresses on `lo`,
+// with the same mapping, and every mapped address prints as 127.0.0.1: the traces compare
+// byte for byte. Where ustack cannot give the kernel's answer the scenario is listed in
+// USTACK_DIFFERENCES with the reason (README "The ustack backend" has the same list), and
+// it must still differ: a listed scenario that starts to match fails the test, so the
+// list never goes stale.
+
+#[path = "../crates/stackd/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod stackd;
+
+struct UstackVariant {
+    name: &'static str,
+    /// The runner's DIFF_ADDR_* mapping (baseline and shimmed runs alike).
+    mapping: &'static [(&'static str, &'static str)],
+    /// Shim configuration beyond the backend and the control socket.
+    shim_env: &'static [(&'static str, &'static str)],
+    /// A line of the shim's debug log proving a socket of the run went through stackd.
+    used_stackd: &'static str,
+}
+
+const USTACK_SERVER: UstackVariant = UstackVariant {
+    name: "ustack-server",
+    mapping: &[
+        ("DIFF_ADDR_BIND", "0.0.0.0"),
+        ("DIFF_ADDR_CONNECT", "198.51.100.2"),
+        ("DIFF_ADDR_ALIASES", "0.0.0.0,198.51.100.1,198.51.100.2"),
+    ],
+    shim_env: &[("RINGSHIM_KERNEL_NETS", "loopback,198.51.100.2/32")],
+    used_stackd: "through stackd",
+};
+
+const USTACK_CLIENT: UstackVariant = UstackVariant {
+    name: "ustack-client",
+    mapping: &[
+        ("DIFF_ADDR_BIND", "198.51.100.1"),
+        ("DIFF_ADDR_CONNECT", "198.51.100.1"),
+        ("DIFF_ADDR_ALIASES", "198.51.100.1,198.51.100.2"),
+    ],
+    shim_env: &[],
+    used_stackd: "(backend ustack)",
+};
+
+/// Scenarios with no IPv4 TCP to move: the mapping leaves them on the kernel, so running
+/// them here would only repeat the loopback suite.
+const USTACK_NOT_APPLICABLE: &[(&str, &str)] = &[
+    ("ipv6_echo", "IPv6 (::1): stackd is IPv4 only"),
+    ("socketpair_unix", "unix sockets"),
+    ("udp_loopback", "UDP: stackd carries TCP only"),
+];
+
+/// (variant, scenario, why ustack's answer differs from the kernel's).
+const USTACK_DIFFERENCES: &[(&str, &str, &str)] = &[
+    ("ustack-server", "efault_buffers", "BUG: to be fixed"),
+    ("ustack-server", "epoll_level_triggered", "BUG: to be fixed"),
+    ("ustack-server", "large_send_epoll", "BUG: to be fixed"),
+    ("ustack-server", "listen_connected", "BUG: to be fixed"),
+    ("ustack-server", "msg_peek", "BUG: to be fixed"),
+    ("ustack-server", "msg_trunc_tcp", "BUG: to be fixed"),
+    ("ustack-server", "oob_urgent_data", "BUG: to be fixed"),
+    ("ustack-server", "send_after_peer_close", "BUG: to be fixed"),
+    ("ustack-server", "sendmsg_recvmsg_iov", "BUG: to be fixed"),
+    ("ustack-server", "shutdown_rd_read", "BUG: to be fixed"),
+    ("ustack-server", "shutdown_unconnected", "BUG: to be fixed"),
+    ("ustack-server", "zero_length_io", "BUG: to be fixed"),
+    ("ustack-client", "bad_addrlen", "BUG: to be fixed"),
+    (
+        "ustack-client",
+        "connect_refused_nonblocking",
+        "BUG: to be fixed",
+    ),
+    ("ustack-client", "connect_twice", "BUG: to be fixed"),
+    ("ustack-client", "dup_semantics", "BUG: to be fixed"),
+    ("ustack-client", "efault_buffers", "BUG: to be fixed"),
+    ("ustack-client", "epoll_level_triggered", "BUG: to be fixed"),
+    ("ustack-client", "large_send_epoll", "BUG: to be fixed"),
+    ("ustack-client", "listen_connected", "BUG: to be fixed"),
+    ("ustack-client", "oob_urgent_data", "BUG: to be fixed"),
+    ("ustack-client", "send_after_peer_close", "BUG: to be fixed"),
+    ("ustack-client", "tcp_connect_unspec", "BUG: to be fixed"),
+    ("ustack-client", "wrong_family", "BUG: to be fixed"),
+];
+
+fn check_ustack(variant: &UstackVariant) {
+    if !require(
+        is_root(),
+        &format!(
+            "differential {}: root (network namespaces, TAP)",
+            variant.name
+        ),
+    ) {
+        return;
+    }
+    let st = stackd::Stackd::start(&[]);
+    let baseline = stackd::Netns::with_prefix("rs-dk");
+    // The fixture turns IPv6 off (no chatter on the TAP); the scenarios' [::1] needs it
+    // back on lo, in both namespaces alike.
+    for ns in [&st.ns, &baseline] {
+        ns.run_in(|| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "0"))
+            .expect("enable IPv6 on lo");
+    }
+    for a in ["198.51.100.1/32", "198.51.100.2/32"] {
+        baseline.exec(&["ip", "addr", "add", a, "dev", "lo"]);
+    }
+    let control = st.control.to_str().expect("control path").to_string();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("RINGSHIM_BACKEND", "ustack"),
+        ("RINGSHIM_STACKD", &control),
+        ("RINGSHIM_LOG", "debug"),
+    ];
+    env.extend_from_slice(variant.shim_env);
+    let modes = [(variant.name, env.as_slice())];
+    let place = Placement {
+        baseline_netns: Some(&baseline.name),
+        shim_netns: Some(&st.ns.name),
+        env: variant.mapping,
+    };
+    // Debugging aids: DIFF_USTACK_SCENARIOS=a,b runs only those, DIFF_USTACK_REPEAT=N each
+    // N times (a difference that comes and goes is a race to find, not noise).
+    let only = std::env::var("DIFF_USTACK_SCENARIOS").ok();
+    let repeat: usize = std::env::var("DIFF_USTACK_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let selected: Vec<&str> = LISTED
+        .iter()
+        .copied()
+        .filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == *n)))
+        .flat_map(|n| std::iter::repeat_n(n, repeat))
+        .collect();
+    let mut failures = Vec::new();
+    let mut through_stackd = Vec::new();
+    for name in &selected {
+        if USTACK_NOT_APPLICABLE.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let scn = diff_dir().join("scenarios").join(format!("{name}.scn"));
+        let known = USTACK_DIFFERENCES
+            .iter()
+            .find(|(v, n, _)| *v == variant.name && n == name);
+        match (differences_at(&scn, &modes, &place), known) {
+            (Err(e), _) => failures.push(e),
+            (Ok(c), None) if !c.reports.is_empty() => {
+                failures.push(format!("scenario {name}:\n{}", c.reports.join("\n")))
+            }
+            (Ok(c), Some((_, _, why))) if c.reports.is_empty() => failures.push(format!(
+                "scenario {name} is listed in USTACK_DIFFERENCES ({why}) but now matches \
+                 the kernel: remove it from the list (and from the README)"
+            )),
+            (Ok(c), _) => {
+                if c.shim_stderr
+                    .iter()
+                    .any(|e| e.contains(variant.used_stackd))
+                {
+                    through_stackd.push(*name);
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} scenarios failed\n\n{}\n\nstackd log (tail):\n{}",
+        variant.name,
+        failures.len(),
+        LISTED.len() - USTACK_NOT_APPLICABLE.len(),
+        failures.join("\n\n"),
+        tail(&st.log_text(), 30)
+    );
+    // The mapping must really have moved the suite onto stackd, not left it on loopback.
+    assert!(
+        only.is_some() || through_stackd.len() >= 30,
+        "{}: only {} scenarios used stackd: {through_stackd:?}",
+        variant.name,
+        through_stackd.len()
+    );
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn scenarios_with_the_accepting_side_in_stackd() {
+    check_ustack(&USTACK_SERVER);
+}
+
+#[test]
+fn scenarios_with_the_connecting_side_in_stackd() {
+    check_ustack(&USTACK_CLIENT);
 }

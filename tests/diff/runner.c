@@ -73,6 +73,15 @@
  *   getenv NAME         prints whether NAME is set   (only for the harness's self-test)
  *   exit_if_env NAME    exits 0 at once if NAME is set (only for the harness's self-test)
  *
+ * Address mapping (the ustack variants of tests/differential.rs run the same loopback
+ * scenarios across a user-space stack): three variables, read once at start, let the
+ * harness move the scenario off 127.0.0.1 without touching the files.
+ *   DIFF_ADDR_BIND=IP      a bind to 127.0.0.1 binds IP instead (e.g. 0.0.0.0)
+ *   DIFF_ADDR_CONNECT=IP   connect/sendto/sendmsg to 127.0.0.1, to 0.0.0.0, or to an @slot
+ *                          address whose host is one of these or DIFF_ADDR_BIND, go to IP
+ *   DIFF_ADDR_ALIASES=IP,IP... printed as 127.0.0.1 (the hosts the mapping introduces)
+ * The baseline and the shimmed run get the same mapping, so the traces stay comparable.
+ *
  * Trace line: "L<line>: <statement> -> <result>", result "-1 ENAME" on failure; fd results
  * name their slot; addresses print as IP:PORT len=N with PORT normalized. The whole
  * scenario is bounded by alarm(10): a hang prints "# TIMEOUT" and exits 3.
@@ -338,6 +347,66 @@ static int addr_port(const struct sockaddr_storage *ss)
     return -1;
 }
 
+/* ---------- address mapping (DIFF_ADDR_*: see the top comment) ---------- */
+
+#define MAXALIASES 8
+enum addr_role { FOR_BIND, FOR_CONNECT };
+static struct in_addr map_bind, map_connect, aliases[MAXALIASES];
+static int have_map_bind, have_map_connect, naliases;
+
+static void parse_ipv4_var(const char *var, struct in_addr *out, int *have)
+{
+    const char *v = getenv(var);
+    if (!v)
+        return;
+    if (inet_pton(AF_INET, v, out) != 1)
+        die("%s='%s' is not an IPv4 address", var, v);
+    *have = 1;
+}
+
+static void load_addr_mapping(void)
+{
+    parse_ipv4_var("DIFF_ADDR_BIND", &map_bind, &have_map_bind);
+    parse_ipv4_var("DIFF_ADDR_CONNECT", &map_connect, &have_map_connect);
+    const char *v = getenv("DIFF_ADDR_ALIASES");
+    if (!v)
+        return;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *save = NULL, *ip = strtok_r(buf, ",", &save); ip; ip = strtok_r(NULL, ",", &save)) {
+        if (naliases == MAXALIASES || inet_pton(AF_INET, ip, &aliases[naliases]) != 1)
+            die("DIFF_ADDR_ALIASES: bad or too many addresses ('%s')", ip);
+        naliases++;
+    }
+}
+
+static int is_alias(struct in_addr a)
+{
+    for (int i = 0; i < naliases; i++)
+        if (aliases[i].s_addr == a.s_addr)
+            return 1;
+    return 0;
+}
+
+/* Only stream sockets move: UDP stays on the kernel under ustack, and the mapped
+ * addresses belong to stackd there. */
+static void map_addr(int fd, struct sockaddr_storage *ss, enum addr_role role)
+{
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (ss->ss_family != AF_INET || (!have_map_bind && !have_map_connect)
+        || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) || type != SOCK_STREAM)
+        return;
+    struct in_addr *a = &((struct sockaddr_in *)ss)->sin_addr;
+    int loopback = a->s_addr == htonl(INADDR_LOOPBACK);
+    if (role == FOR_BIND && have_map_bind && loopback)
+        *a = map_bind;
+    else if (role == FOR_CONNECT && have_map_connect
+             && (loopback || a->s_addr == htonl(INADDR_ANY)
+                 || (have_map_bind && a->s_addr == map_bind.s_addr)))
+        *a = map_connect;
+}
+
 /* Ports are ephemeral: name them after the slot bound to them (open slots first, so a
  * reused port is attributed to its current owner), otherwise "*". */
 static void put_port(struct sb *b, int port)
@@ -365,7 +434,10 @@ static void put_addr(struct sb *b, const struct sockaddr *sa, socklen_t len)
     switch (sa->sa_family) {
     case AF_INET: {
         const struct sockaddr_in *in = (const void *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        if (is_alias(in->sin_addr))
+            snprintf(ip, sizeof ip, "127.0.0.1");
+        else
+            inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
         sb_printf(b, "%s:", ip);
         put_port(b, ntohs(in->sin_port));
         break;
@@ -407,8 +479,34 @@ static const struct slot *addr_slot(const char *name)
     return s;
 }
 
+/* An expectation written for loopback, in the mapped run's terms: each alias followed by
+ * ':' reads 127.0.0.1, as put_addr prints it. The caller frees the result. */
+static char *mapped_expectation(const char *expect)
+{
+    char *out = strdup(expect);
+    if (!out)
+        die("out of memory");
+    for (int i = 0; i < naliases; i++) {
+        char ip[INET_ADDRSTRLEN + 1];
+        inet_ntop(AF_INET, &aliases[i], ip, INET_ADDRSTRLEN);
+        strcat(ip, ":");
+        for (char *at; (at = strstr(out, ip));) {
+            size_t head = (size_t)(at - out), iplen = strlen(ip);
+            char *next = malloc(strlen(out) - iplen + sizeof "127.0.0.1:");
+            if (!next)
+                die("out of memory");
+            sprintf(next, "%.*s127.0.0.1:%s", (int)head, out, at + iplen);
+            free(out);
+            out = next;
+            if (!strcmp(ip, "127.0.0.1:"))
+                break;
+        }
+    }
+    return out;
+}
+
 /* Returns 0 for a NULL address ("none"). */
-static int parse_addr(const char *t, struct sockaddr_storage *ss, socklen_t *len)
+static int parse_addr_raw(const char *t, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof *ss);
     if (!strcmp(t, "none")) {
@@ -464,6 +562,16 @@ static int parse_addr(const char *t, struct sockaddr_storage *ss, socklen_t *len
         *len = sizeof *in;
     }
     return 1;
+}
+
+/* `fd` is the socket the address is for (only stream sockets are mapped). */
+static int parse_addr(int fd, const char *t, struct sockaddr_storage *ss, socklen_t *len,
+                      enum addr_role role)
+{
+    int have = parse_addr_raw(t, ss, len);
+    if (have)
+        map_addr(fd, ss, role);
+    return have;
 }
 
 /* ---------- statement model ---------- */
@@ -761,7 +869,8 @@ static void c_bind_connect(struct stmt *st)
     socklen_t len;
     long l;
     int fd = fd_arg(arg(st, 0, "fd"));
-    int have = parse_addr(arg(st, 1, "address"), &ss, &len);
+    int have = parse_addr(fd, arg(st, 1, "address"), &ss, &len,
+                          st->cmd[0] == 'b' ? FOR_BIND : FOR_CONNECT);
     if (opt_len(st, &l))
         len = (socklen_t)l;
     errno = 0;
@@ -886,7 +995,7 @@ static void c_send(struct stmt *st)
         struct sockaddr_storage ss;
         socklen_t len;
         long l;
-        int have = parse_addr(arg(st, 2, "address"), &ss, &len);
+        int have = parse_addr(fd, arg(st, 2, "address"), &ss, &len, FOR_CONNECT);
         if (opt_len(st, &l))
             len = (socklen_t)l;
         errno = 0;
@@ -1014,7 +1123,7 @@ static void c_writev_sendmsg(struct stmt *st)
     for (int i = 1; i < st->nargs; i++) {
         struct tok *t = &st->args[i];
         if (!t->quoted && !strncmp(t->s, "to=", 3)) {
-            have_to = parse_addr(t->s + 3, &ss, &len);
+            have_to = parse_addr(fd, t->s + 3, &ss, &len, FOR_CONNECT);
             continue;
         }
         if (!t->quoted && is_bits(t->s, msgflag_tab))
@@ -1833,6 +1942,7 @@ int main(int argc, char **argv)
     dl_iterate_phdr(find_preload, &preload);
     fprintf(stderr, "ringshim-diff: preload=%s\n", preload ? preload : "none");
 
+    load_addr_mapping();
     setvbuf(stdout, NULL, _IOLBF, 0); /* a crash or timeout still leaves the trace so far */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -1899,10 +2009,12 @@ int main(int argc, char **argv)
         if (!found)
             die("unknown command '%s'", st.cmd);
         printf("L%d: %s -> %s\n", lineno, st.echo.p, st.res.p);
-        if (expect && strncmp(st.res.p, expect, strlen(expect))) {
+        char *want = expect ? mapped_expectation(expect) : NULL;
+        if (want && strncmp(st.res.p, want, strlen(want))) {
             printf("!! L%d: expected a result starting with '%s'\n", lineno, expect);
             expectation_failed = 1;
         }
+        free(want);
         free(st.echo.p);
         free(st.res.p);
     }
