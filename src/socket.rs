@@ -23,8 +23,11 @@ pub enum Engine {
     Ustack = 2,
 }
 
-/// Up to this many fds may alias one accelerated socket; more dups demote it.
-pub const MAX_ALIASES: usize = 4;
+/// Up to this many fds may alias one accelerated socket; more dups demote a uring socket
+/// to the kernel (a ustack one cannot move: an alias past the limit reaches only its
+/// placeholder). Servers dup a socket once or twice; 16 leaves room for programs that
+/// keep several duplicates open (the differential scenario dup_semantics holds six).
+pub const MAX_ALIASES: usize = 16;
 
 pub struct SocketRecord {
     pub id: AtomicU32,

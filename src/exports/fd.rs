@@ -78,7 +78,8 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 }
 
 /// dup2/dup3 close `fd2` implicitly when it is open: the shim must release its state
-/// (cancelling ring operations) first, but only if the call can succeed.
+/// (cancelling ring operations) first, but only if the call can succeed (a failed call
+/// leaves `fd2` as it was, still the application's).
 fn release_target(fd: c_int, fd2: c_int) {
     if fd == fd2 || crate::fdtable::get(fd2).is_none() {
         return;
@@ -106,7 +107,9 @@ pub unsafe extern "C" fn dup2(fd: c_int, fd2: c_int) -> c_int {
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn dup3(fd: c_int, fd2: c_int, flags: c_int) -> c_int {
     let active = ensure_init();
-    if active {
+    // The kernel's own EINVAL cases, checked before fd2 is released: flags other than
+    // O_CLOEXEC, and fd2 == fd.
+    if active && flags & !libc::O_CLOEXEC == 0 && fd != fd2 {
         release_target(fd, fd2);
     }
     // SAFETY: forwarded unchanged.
