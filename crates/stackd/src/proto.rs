@@ -992,6 +992,12 @@ impl Fifo {
 
     /// Consumer: copies up to `dst.len()` bytes out without consuming them.
     pub fn peek(&self, dst: &mut [u8]) -> Result<usize, Corrupt> {
+        self.peek_at(0, dst)
+    }
+
+    /// Consumer: like `peek`, from `offset` bytes past the front (MSG_PEEK into several
+    /// buffers fills them in turn).
+    pub fn peek_at(&self, offset: usize, dst: &mut [u8]) -> Result<usize, Corrupt> {
         let header = self.header();
         let head = header.consumer.head.load(Ordering::Relaxed);
         // Acquire: pairs with enqueue's Release, so the bytes are visible.
@@ -1000,7 +1006,11 @@ impl Fifo {
         if available > self.capacity {
             return Err(Corrupt);
         }
-        let count = dst.len().min(available as usize);
+        let Some(available) = (available as usize).checked_sub(offset) else {
+            return Ok(0);
+        };
+        let count = dst.len().min(available);
+        let head = head.wrapping_add(offset as u32);
         let start = (head & (self.capacity - 1)) as usize;
         let first = count.min(self.capacity as usize - start);
         // SAFETY: as in enqueue, both ranges are inside the data area; they hold published
@@ -1191,6 +1201,24 @@ mod tests {
         seg.reset_session(3);
         assert!(fifo.is_empty());
         assert!(fifo.producer_should_notify());
+    }
+
+    #[test]
+    fn peek_at_reads_past_the_front_across_the_wrap_without_consuming() {
+        let (_heap, seg) = segment();
+        let fifo = seg.rx_fifo(0).unwrap();
+        // Move the front near the end of the 4 KiB data area so the peeks wrap.
+        fifo.enqueue(&[0; 4000]).unwrap();
+        fifo.consume(4000).unwrap();
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        fifo.enqueue(&data).unwrap();
+        let (mut a, mut b) = ([0u8; 100], [0u8; 250]);
+        assert_eq!(fifo.peek_at(0, &mut a), Ok(100));
+        assert_eq!(fifo.peek_at(100, &mut b), Ok(200));
+        assert_eq!((&a[..], &b[..200]), (&data[..100], &data[100..]));
+        assert_eq!(fifo.peek_at(300, &mut b), Ok(0));
+        assert_eq!(fifo.peek_at(301, &mut b), Ok(0));
+        assert_eq!(fifo.len(), Ok(300));
     }
 
     #[test]

@@ -911,6 +911,15 @@ impl Stack {
         let sockets = &mut self.sockets;
         self.closing.retain_mut(|entry| {
             let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
+            if socket.recv_queue() > 0 && socket.is_active() && !entry.reset_at_deadline {
+                // Bytes for a socket the app closed (FIN-WAIT): nobody will read them, and
+                // the kernel answers with RST so the sender learns it (EPIPE there).
+                socket.abort();
+                entry.reset_at_deadline = true;
+                entry.deadline = since_start + StdDuration::from_secs(5);
+                progress = true;
+                return true;
+            }
             let done = match socket.state() {
                 State::Closed => socket.remote_endpoint().is_none(),
                 State::TimeWait => true,
