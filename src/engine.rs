@@ -32,7 +32,7 @@ pub fn send(
 
 pub fn shutdown(rec: &'static SocketRecord, fd: c_int, how: c_int) -> Result<c_int, Errno> {
     match rec.engine() {
-        Engine::Ustack => crate::ustack::io::shutdown(rec, how),
+        Engine::Ustack => crate::ustack::io::shutdown(rec, fd, how),
         _ => crate::uring::shutdown(rec, fd, how),
     }
 }

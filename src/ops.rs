@@ -128,7 +128,9 @@ pub unsafe fn connect(
             route::decide(crate::init::config(), ip) == route::Route::Accelerated
         }) && crate::ustack::io::wanted()
             // SAFETY: as above.
-            && unsafe { crate::ustack::io::endpoint_of(addr, len) }.is_some())
+            && unsafe { crate::ustack::io::endpoint_of(addr, len) }.is_some()
+            // SAFETY: as above.
+            && unsafe { crate::ustack::io::may_connect(rec, fd, addr, len) })
     {
         if let Some(ip) = ip {
             errno::preserve(|| sock::route_by_address(rec, fd, ip, "connecting to"));

@@ -58,6 +58,9 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if ensure_init() && sock::lookup(fd).is_some_and(crate::ustack::io::refuses_listen) {
+        return errno::ret(Err(crate::errno::Errno(libc::EINVAL)));
+    }
     // SAFETY: forwarded unchanged.
     let r = unsafe { real::listen(fd, backlog) };
     if r == 0 && ensure_init() {

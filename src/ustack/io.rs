@@ -216,6 +216,14 @@ pub unsafe fn connect(
     addr: *const sockaddr,
     len: socklen_t,
 ) -> Result<c_int, Errno> {
+    // SAFETY: caller contract (at least the family is readable when len covers it).
+    if (len as usize) >= core::mem::size_of::<libc::sa_family_t>()
+        && i32::from(unsafe { core::ptr::read_unaligned(addr.cast::<libc::sa_family_t>()) })
+            == libc::AF_UNSPEC
+    {
+        disconnect(rec);
+        return Ok(0);
+    }
     // SAFETY: caller contract.
     let Some(remote) = (unsafe { endpoint_of(addr, len) }) else {
         return Err(Errno(libc::EAFNOSUPPORT));
@@ -224,16 +232,30 @@ pub unsafe fn connect(
     let cookie = super::cookie_of(rec);
     {
         let mut io = rec.lock_io();
+        // A non-blocking connect's outcome is also the answer of the next connect()
+        // (Linux's SS_CONNECTING): 0 once it succeeded, its error once it failed (or
+        // ECONNABORTED when SO_ERROR took the error first).
+        let unreported = core::mem::take(&mut io.us.connect_unreported);
         match io.us.phase {
-            Phase::Connecting => return Err(Errno(libc::EALREADY)),
+            Phase::Connecting => {
+                io.us.connect_unreported = unreported;
+                return Err(Errno(libc::EALREADY));
+            }
+            Phase::Connected if unreported => return Ok(0),
             Phase::Connected | Phase::Orphaned => return Err(Errno(libc::EISCONN)),
             Phase::Listening => return Err(Errno(libc::EISCONN)),
+            Phase::Failed if unreported => {
+                let e = io.us.take_error();
+                io.us.clear();
+                return Err(Errno(if e != 0 { e } else { libc::ECONNABORTED }));
+            }
             Phase::None | Phase::Failed => {}
         }
         io.us.clear();
         io.us.phase = Phase::Connecting;
         io.us.cookie = cookie;
         io.us.remote = remote;
+        io.us.connect_unreported = nonblocking;
     }
     // A port the application bound explicitly is kept (an address, too, when it is
     // stackd's own; stackd refuses any other with EADDRNOTAVAIL).
@@ -263,6 +285,64 @@ pub unsafe fn connect(
             Err(Errno(if e != 0 { e } else { libc::ECONNREFUSED }))
         }
     }
+}
+
+/// connect(AF_UNSPEC): the kernel's tcp_disconnect — a connection is reset and the
+/// socket is unconnected again (it may connect anew).
+fn disconnect(rec: &'static SocketRecord) {
+    let (phase, session, cookie) = {
+        let mut io = rec.lock_io();
+        let v = (io.us.phase, io.us.session, io.us.cookie);
+        if matches!(v.0, Phase::Connected | Phase::Connecting | Phase::Failed) {
+            io.us.clear();
+        }
+        v
+    };
+    let mut m = match phase {
+        Phase::Connected => {
+            super::unbind_session(session);
+            Msg::for_session(MsgKind::Close, session)
+        }
+        Phase::Connecting => {
+            let mut m = Msg::for_session(MsgKind::Close, NO_SESSION);
+            m.cookie = cookie;
+            m
+        }
+        _ => return,
+    };
+    m.flags = proto::msg_flags::ABORT;
+    let _ = post(&m);
+}
+
+/// Whether connect() of `rec` (not yet a stackd socket) to `addr` may go to stackd: only
+/// what the kernel would accept for an unconnected socket of its family. Anything else
+/// (a bad length, the other family, a kernel socket that is already connected) goes to
+/// the real connect(), which gives the kernel's own errno.
+///
+/// # Safety
+/// `addr`/`len` as for connect(2).
+pub unsafe fn may_connect(
+    rec: &SocketRecord,
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> bool {
+    if len as usize > core::mem::size_of::<libc::sockaddr_storage>() {
+        return false;
+    }
+    // SAFETY: caller contract; endpoint_of checked the length covers the family.
+    let family = i32::from(unsafe { core::ptr::read_unaligned(addr.cast::<libc::sa_family_t>()) });
+    if family != rec.family.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: all-zero sockaddr_storage is valid; our own buffer and length.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut sl = core::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: our own buffer; the fd is the caller's socket.
+    let connected =
+        unsafe { real::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut sl) }
+            == 0;
+    !connected
 }
 
 fn local_of_kernel_socket(fd: c_int) -> Option<Endpoint> {
@@ -410,6 +490,16 @@ fn listen_in_stackd(rec: &'static SocketRecord, fd: c_int, passive: bool) -> boo
     false
 }
 
+/// listen() of a socket stackd carries a connection for: the kernel's EINVAL (the
+/// unconnected placeholder would accept the listen).
+pub fn refuses_listen(rec: &SocketRecord) -> bool {
+    rec.engine() == Engine::Ustack
+        && matches!(
+            rec.lock_io().us.phase,
+            Phase::Connected | Phase::Connecting | Phase::Orphaned
+        )
+}
+
 /// Whether `rec` is a listener with a stackd side (its epoll registrations are kept in the
 /// kernel set and in the shim).
 pub fn is_listener(rec: &SocketRecord) -> bool {
@@ -550,6 +640,7 @@ pub fn recv(
     }
     let want = iov_total(iov);
     let peek = flags & libc::MSG_PEEK != 0;
+    let truncate = flags & libc::MSG_TRUNC != 0;
     let nonblocking = flags & libc::MSG_DONTWAIT != 0 || rec.nonblocking.load(Ordering::Relaxed);
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek && !nonblocking;
     let deadline = if nonblocking {
@@ -579,30 +670,36 @@ pub fn recv(
                 Phase::Listening | Phase::None => return Err(Errno(libc::ENOTCONN)),
             }
             if io.us.phase == Phase::Connected {
-                if io.us.shut_rd {
-                    return Ok(done);
-                }
                 session = io.us.session;
                 if let Some((rx, _)) = fifos(session) {
                     rx.consumer_clear_event();
+                    let queued = rx.len().map_err(|_| Errno(libc::EIO))? as usize;
                     if want == 0 {
-                        return Ok(0);
+                        // Nothing to copy: tcp_recvmsg returns 0 at once, except that a
+                        // non-blocking call finding no bytes and no end says EAGAIN.
+                        let nothing = queued == 0 && !io.us.eof && !io.us.reset && !io.us.shut_rd;
+                        return if nothing && nonblocking {
+                            Err(Errno(libc::EAGAIN))
+                        } else {
+                            Ok(0)
+                        };
                     }
                     if peek {
-                        if let Some(first) = iov.iter().find(|v| v.iov_len > 0) {
-                            // SAFETY: the caller's buffer of iov_len writable bytes.
-                            let dst = unsafe {
-                                core::slice::from_raw_parts_mut(
-                                    first.iov_base.cast::<u8>(),
-                                    first.iov_len,
-                                )
-                            };
-                            let n = rx.peek(dst).map_err(|_| Errno(libc::EIO))?;
-                            if n > 0 {
-                                stats::add(Counter::BytesReceived, 0);
-                                return Ok(n);
-                            }
+                        // MSG_TRUNC: the length the copy would have had, no copy.
+                        let n = if truncate {
+                            queued.min(want)
+                        } else {
+                            peek_into(&rx, iov)?
+                        };
+                        if n > 0 {
+                            return Ok(n);
                         }
+                    } else if truncate {
+                        // MSG_TRUNC on TCP discards the bytes instead of copying them.
+                        let n = (want - done).min(queued);
+                        rx.consume(n as u32).map_err(|_| Errno(libc::EIO))?;
+                        done += n;
+                        drained_request = done > 0 && rx.consumer_take_space_request();
                     } else {
                         let mut skip = done;
                         for v in iov {
@@ -627,7 +724,9 @@ pub fn recv(
                         drained_request = done > 0 && rx.consumer_take_space_request();
                     }
                 }
-                if done > 0 && !(waitall && done < want) {
+                // After shutdown(SHUT_RD) the queued bytes are still read (Linux keeps
+                // them, and keeps accepting more); an empty queue reads as the end.
+                if io.us.shut_rd || (done > 0 && !(waitall && done < want)) {
                     drop(io);
                     finish_read(session, drained_request, done);
                     return Ok(done);
@@ -669,6 +768,21 @@ pub fn recv(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// MSG_PEEK: fills the buffers in turn from the front of `rx`, consuming nothing.
+fn peek_into(rx: &ringshim_stackd::proto::Fifo, iov: &[libc::iovec]) -> Result<usize, Errno> {
+    let mut done = 0usize;
+    for v in iov.iter().filter(|v| v.iov_len > 0) {
+        // SAFETY: the caller's buffer of iov_len writable bytes.
+        let dst = unsafe { core::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
+        let n = rx.peek_at(done, dst).map_err(|_| Errno(libc::EIO))?;
+        done += n;
+        if n < v.iov_len {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 fn finish_read(session: u64, drained_request: bool, bytes: usize) {
@@ -808,7 +922,20 @@ pub fn send(
 }
 
 /// shutdown() of a ustack socket.
-pub fn shutdown(rec: &'static SocketRecord, how: c_int) -> Result<c_int, Errno> {
+pub fn shutdown(rec: &'static SocketRecord, fd: c_int, how: c_int) -> Result<c_int, Errno> {
+    if rec.lock_io().us.phase == Phase::Listening {
+        // The kernel listener answers (SHUT_WR: nothing; SHUT_RD: it stops listening and
+        // resets what waits in its backlog); stackd's side then goes the same way.
+        // SAFETY: plain system call on the caller's descriptor.
+        if unsafe { real::shutdown(fd, how) } != 0 {
+            return Err(crate::errno::last());
+        }
+        if how != libc::SHUT_WR {
+            on_last_close(rec, fd);
+            rec.engine.store(Engine::Kernel as u8, Ordering::Release);
+        }
+        return Ok(0);
+    }
     if !(libc::SHUT_RD..=libc::SHUT_RDWR).contains(&how) {
         return Err(Errno(libc::EINVAL));
     }

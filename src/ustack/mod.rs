@@ -1011,15 +1011,7 @@ pub fn take_early_end(session: u64, rec: &SocketRecord) {
 }
 
 fn apply_end(rec: &SocketRecord, error: i32) {
-    {
-        let mut io = rec.lock_io();
-        if error == 0 {
-            io.us.eof = true;
-        } else {
-            io.us.reset = true;
-            io.us.error = error;
-        }
-    }
+    rec.lock_io().us.peer_ended(error);
     notify(rec);
 }
 

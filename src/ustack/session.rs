@@ -53,6 +53,9 @@ pub struct UsSock {
     pub shut_wr: bool,
     /// shutdown(SHUT_RD): reads return 0 from now on.
     pub shut_rd: bool,
+    /// A non-blocking connect() said EINPROGRESS and no connect() has reported its
+    /// outcome yet (the next one does).
+    pub connect_unreported: bool,
     pub nodelay: bool,
     /// A listener: LISTEN was answered by BOUND in this process (see `io::join`), and the
     /// backlog listen() asked for.
@@ -93,6 +96,7 @@ impl UsSock {
             error: 0,
             shut_wr: false,
             shut_rd: false,
+            connect_unreported: false,
             nodelay: false,
             joined: false,
             passive: false,
@@ -115,6 +119,22 @@ impl UsSock {
         self.phase != Phase::None
     }
 
+    /// stackd reported the end of the session: orderly (`error` 0) or a reset. A reset
+    /// after the peer's FIN while this side still may send (Linux's CLOSE_WAIT) is EPIPE,
+    /// as tcp_reset() reports it; any other reset keeps its errno.
+    pub fn peer_ended(&mut self, error: i32) {
+        if error == 0 {
+            self.eof = true;
+            return;
+        }
+        self.reset = true;
+        self.error = if error == libc::ECONNRESET && self.eof && !self.shut_wr {
+            libc::EPIPE
+        } else {
+            error
+        };
+    }
+
     /// The error to report once (SO_ERROR semantics: reading it clears it).
     pub fn take_error(&mut self) -> i32 {
         core::mem::take(&mut self.error)
@@ -131,9 +151,9 @@ impl UsSock {
         match self.phase {
             Phase::None => 0,
             Phase::Connecting => 0,
-            // A refused connect: the kernel reports OUT|ERR|HUP until SO_ERROR is read,
-            // then OUT|HUP (an unconnected socket).
-            Phase::Failed => OUT | HUP | if self.error != 0 { ERR } else { 0 },
+            // A refused connect: a closed socket with both directions shut, so
+            // IN|OUT|HUP|RDHUP, and ERR until SO_ERROR is read.
+            Phase::Failed => IN | OUT | HUP | RDHUP | if self.error != 0 { ERR } else { 0 },
             Phase::Listening => {
                 if self.accept_queue.is_empty() {
                     0
@@ -210,6 +230,23 @@ mod tests {
         );
         assert_eq!(s.take_error(), libc::ECONNRESET);
         assert_eq!(s.events(0, 0) & ERR, 0, "the error is reported once");
+    }
+
+    #[test]
+    fn a_reset_after_the_peers_fin_is_epipe_while_this_side_may_still_send() {
+        let mut s = connected();
+        s.peer_ended(0);
+        s.peer_ended(libc::ECONNRESET);
+        assert_eq!(s.take_error(), libc::EPIPE, "CLOSE_WAIT: EPIPE");
+        let mut s = connected();
+        s.peer_ended(0);
+        s.shut_wr = true;
+        s.peer_ended(libc::ECONNRESET);
+        assert_eq!(s.take_error(), libc::ECONNRESET, "LAST_ACK: ECONNRESET");
+        let mut s = connected();
+        s.peer_ended(libc::ECONNRESET);
+        assert_eq!(s.take_error(), libc::ECONNRESET);
+        assert!(s.reset && !s.eof);
     }
 
     #[test]
