@@ -14,7 +14,9 @@
 
 mod common;
 
-use common::{io_uring_available, is_root, repo_root, require, shim_lib, shimmed, MODES};
+use common::{
+    enter_netns, io_uring_available, is_root, repo_root, require, shim_lib, shimmed, MODES,
+};
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -117,25 +119,6 @@ struct Placement<'a> {
     shim_netns: Option<&'a str>,
     /// Environment of every run, with and without the shim (the address mapping).
     env: &'a [(&'a str, &'a str)],
-}
-
-/// Makes `cmd` start inside network namespace `name` (setns in the child before exec).
-fn enter_netns(cmd: &mut Command, name: &str) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let ns = std::fs::File::open(format!("/run/netns/{name}"))
-        .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
-    // SAFETY: the closure runs in the forked child before exec and only makes one
-    // async-signal-safe system call on an fd the parent keeps open (moved into it).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
 }
 
 /// Runs the runner on `scn` where `place` says: without LD_PRELOAD when `env` is None,

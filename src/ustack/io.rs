@@ -202,6 +202,44 @@ fn block_until(
     }
 }
 
+/// After a wait of a blocking recv/send/accept ended in EINTR: whether the kernel would
+/// have restarted the call (signal(7): SA_RESTART, and no SO_RCVTIMEO/SO_SNDTIMEO, the
+/// caller's part). The interrupting signal is not known once its handler ran, so the call
+/// restarts only when every caught signal has SA_RESTART — exact for programs that use
+/// one convention, EINTR (never a hang) for the mixed ones. One sigaction per signal,
+/// paid only on an interruption.
+fn interrupted_call_restarts() -> bool {
+    (1..=libc::SIGRTMAX()).all(|sig| {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            return true;
+        }
+        // SAFETY: all-zero sigaction is a valid out buffer; querying changes nothing.
+        let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into our buffer.
+        if unsafe { libc::sigaction(sig, core::ptr::null(), &mut old) } != 0 {
+            return true;
+        }
+        let caught = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+        !caught || old.sa_flags & libc::SA_RESTART != 0
+    })
+}
+
+/// block_until for accept(), which the kernel restarts under SA_RESTART unless a
+/// timeout (SO_RCVTIMEO) applies.
+fn block_restartable(
+    rec: &SocketRecord,
+    deadline_ms: Option<u64>,
+    extra_fd: c_int,
+    ready: impl Fn(&SockIo) -> bool,
+) -> Result<(), Errno> {
+    loop {
+        match block_until(rec, deadline_ms, extra_fd, &ready) {
+            Err(Errno(libc::EINTR)) if deadline_ms.is_none() && interrupted_call_restarts() => {}
+            r => return r,
+        }
+    }
+}
+
 fn timeout_deadline(fd: c_int, opt: c_int) -> Option<u64> {
     crate::uring::socket_timeout(fd, opt).map(|ms| now_ms() + ms)
 }
@@ -551,7 +589,7 @@ pub unsafe fn accept(
             return unsafe { crate::ops::accept_kernel(fd, addr, len, flags) };
         }
         let deadline = timeout_deadline(fd, libc::SO_RCVTIMEO);
-        if let Err(Errno(e)) = block_until(listener, deadline, fd, |io| {
+        if let Err(Errno(e)) = block_restartable(listener, deadline, fd, |io| {
             !io.us.accept_queue.is_empty() || io.us.phase != Phase::Listening
         }) {
             crate::errno::set(e);
@@ -765,6 +803,7 @@ pub fn recv(
         }) {
             Ok(()) => {}
             Err(e) if done > 0 && (e.0 == libc::EINTR || e.0 == libc::EAGAIN) => return Ok(done),
+            Err(Errno(libc::EINTR)) if deadline.is_none() && interrupted_call_restarts() => {}
             Err(e) => return Err(e),
         }
     }
@@ -916,6 +955,7 @@ pub fn send(
                 stats::add(Counter::BytesSent, done as u64);
                 return Ok(done);
             }
+            Err(Errno(libc::EINTR)) if deadline.is_none() && interrupted_call_restarts() => {}
             Err(e) => return Err(e),
         }
     }

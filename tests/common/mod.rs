@@ -128,6 +128,26 @@ pub fn shimmed(program: &Path, env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Makes `cmd` start inside network namespace `name` (a /run/netns name): setns in the
+/// child before exec, so no `ip netns exec` process runs under the shim too.
+pub fn enter_netns(cmd: &mut Command, name: &str) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call on an fd the parent keeps open (moved into it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// The environment configurations every preload test runs under: the plain kernel,
 /// the shim on its kernel path, and the shim accelerating loopback.
 pub const MODES: &[(&str, &[(&str, &str)])] = &[

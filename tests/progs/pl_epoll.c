@@ -199,7 +199,7 @@ static void t_rdhup(void) {
 static void t_connect_out(void) {
     int lfd = pl_listen(AF_INET, 0);
     struct sockaddr_storage ss;
-    socklen_t sl = pl_loopback(AF_INET, pl_port_of(lfd), &ss);
+    socklen_t sl = pl_tcp_connect_addr(AF_INET, pl_port_of(lfd), &ss);
     int fd = OK(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
     STEP("non-blocking connect");
     int r = connect(fd, (struct sockaddr *)&ss, sl);
@@ -238,9 +238,9 @@ static void t_refused(void) {
     /* A bound socket that never listens keeps the port ours, and refuses connections. */
     int holder = OK(socket(AF_INET, SOCK_STREAM, 0));
     struct sockaddr_storage ss;
-    socklen_t sl = pl_loopback(AF_INET, 0, &ss);
+    socklen_t sl = pl_tcp_bind_addr(AF_INET, &ss);
     OK(bind(holder, (struct sockaddr *)&ss, sl));
-    sl = pl_loopback(AF_INET, pl_port_of(holder), &ss);
+    sl = pl_tcp_connect_addr(AF_INET, pl_port_of(holder), &ss);
 
     STEP("non-blocking connect to a closed port");
     int fd = OK(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));

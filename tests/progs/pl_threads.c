@@ -55,7 +55,7 @@ static void *client(void *arg) {
     for (int k = 0; k < CONNS_PER_CLIENT; k++) {
         uint64_t seed = (uint64_t)(id * 100 + k);
         struct sockaddr_storage ss;
-        socklen_t sl = pl_loopback(AF_INET, g_port, &ss);
+        socklen_t sl = pl_tcp_connect_addr(AF_INET, g_port, &ss);
         int fd = OK(socket(AF_INET, SOCK_STREAM, 0));
         OK(connect(fd, (struct sockaddr *)&ss, sl));
         uint32_t len = PAYLOAD - (uint32_t)k * 1000;

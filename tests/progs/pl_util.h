@@ -10,7 +10,11 @@
  * alarm() because several tests install their own SIGALRM handlers; the watchdog blocks
  * every signal, so process-directed signals still reach the thread under test.
  *
- * Only loopback addresses with ephemeral ports (bind port 0 + getsockname) are used.
+ * Only loopback addresses with ephemeral ports (bind port 0 + getsockname) are used,
+ * except that the ustack runs of tests/preload.rs move TCP off loopback with three IPv4
+ * variables (unset: 127.0.0.1): PL_ADDR_LISTEN is what TCP listeners and port holders
+ * bind, PL_ADDR_CONNECT what TCP clients connect to, PL_ADDR_CLIENT the local address a
+ * client then has. UDP and unix sockets never move.
  *
  * Helpers are `static inline` so that a program using only some of them still compiles
  * without -Wunused-function warnings.
@@ -165,6 +169,33 @@ static inline socklen_t pl_loopback(int family, uint16_t port, struct sockaddr_s
     return sizeof *a;
 }
 
+/* One of the PL_ADDR_* variables (see the top), or 127.0.0.1. */
+static inline struct in_addr pl_env_addr(const char *var) {
+    struct in_addr a = {htonl(INADDR_LOOPBACK)};
+    const char *v = getenv(var);
+    if (v && inet_pton(AF_INET, v, &a) != 1) {
+        fprintf(stderr, "%s='%s' is not an IPv4 address\n", var, v);
+        exit(2);
+    }
+    return a;
+}
+
+/* Where a TCP listener (or a port holder) of `family` binds, port 0. */
+static inline socklen_t pl_tcp_bind_addr(int family, struct sockaddr_storage *ss) {
+    socklen_t len = pl_loopback(family, 0, ss);
+    if (family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_addr = pl_env_addr("PL_ADDR_LISTEN");
+    return len;
+}
+
+/* Where a TCP client connects to reach the listener on `port`. */
+static inline socklen_t pl_tcp_connect_addr(int family, uint16_t port, struct sockaddr_storage *ss) {
+    socklen_t len = pl_loopback(family, port, ss);
+    if (family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_addr = pl_env_addr("PL_ADDR_CONNECT");
+    return len;
+}
+
 static inline uint16_t pl_port_of(int fd) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -185,7 +216,7 @@ static inline int pl_listen(int family, int sock_flags) {
     int one = 1;
     OK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
     struct sockaddr_storage ss;
-    socklen_t len = pl_loopback(family, 0, &ss);
+    socklen_t len = pl_tcp_bind_addr(family, &ss);
     if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
         if (family == AF_INET6 && (errno == EADDRNOTAVAIL || errno == EAFNOSUPPORT)) {
             printf("SKIP: ::1 unavailable\n");
@@ -202,6 +233,7 @@ static inline int pl_connect_to(int lfd) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     OK(getsockname(lfd, (struct sockaddr *)&ss, &len));
+    len = pl_tcp_connect_addr(ss.ss_family, pl_port_of(lfd), &ss);
     int fd = OK(socket(ss.ss_family, SOCK_STREAM, 0));
     OK(connect(fd, (struct sockaddr *)&ss, len));
     return fd;
