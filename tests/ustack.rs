@@ -729,3 +729,80 @@ fn without_stackd_sockets_take_the_kernel_path() {
         r.describe()
     );
 }
+
+#[test]
+fn killing_the_app_mid_transfer_resets_its_peers_and_frees_its_segment_and_port() {
+    if !ready("killing_the_app_mid_transfer_resets_its_peers_and_frees_its_segment_and_port") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    let py = python();
+    let server = script("echo_server.py");
+    let mut app = LiveProcess::spawn(under_shim(&st, &[&py, &server, Path::new("7400")], &[]));
+    app.wait_line("listening", LIMIT);
+    assert_eq!(st.mapped_segments(), 1, "the app's segment is mapped");
+    // Eight kernel peers echo through stackd without pause; each reports after its
+    // first exchanges, then keeps going until the connection ends.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let peers: Vec<std::thread::JoinHandle<std::io::Error>> = (0..8)
+        .map(|i| {
+            let (ns, started) = (st.ns.name.clone(), started_tx.clone());
+            std::thread::spawn(move || {
+                let mut s = connect_in(&ns, "198.51.100.2:7400");
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let msg = vec![i as u8; 16_384];
+                let mut got = vec![0u8; msg.len()];
+                for round in 0.. {
+                    if let Err(e) = s.write_all(&msg).and_then(|()| s.read_exact(&mut got)) {
+                        return e;
+                    }
+                    assert!(got == msg, "peer {i}: echo differs");
+                    if round == 3 {
+                        started.send(()).unwrap();
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    for _ in 0..8 {
+        started_rx.recv_timeout(LIMIT).expect("peers exchanging");
+    }
+    send_signal(app.pid, libc::SIGKILL);
+    // Every peer learns of it as a reset or an end (never its 10 s read timeout): stackd
+    // sees the control connection close and resets the app's connections.
+    for p in peers {
+        let e = p.join().expect("peer thread");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            "peer ended with {e:?} (a timeout means it was left hanging)\n{}",
+            st.log_text()
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while st.mapped_segments() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        st.mapped_segments(),
+        0,
+        "the dead app's segment is still mapped\n{}",
+        st.log_text()
+    );
+    assert!(
+        st.log_text().contains("8 connection(s) reset"),
+        "{}",
+        st.log_text()
+    );
+    // The port is free for the next process.
+    let mut again = LiveProcess::spawn(under_shim(&st, &[&py, &server, Path::new("7400")], &[]));
+    again.wait_line("listening", LIMIT);
+    echo_exchange(connect_in(&st.ns.name, "198.51.100.2:7400"), 3, 99);
+    again.close_stdin();
+    assert!(again.wait_exit(LIMIT).is_some_and(|s| s.success()));
+}
