@@ -806,3 +806,84 @@ fn killing_the_app_mid_transfer_resets_its_peers_and_frees_its_segment_and_port(
     again.close_stdin();
     assert!(again.wait_exit(LIMIT).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn ringshim_stat_shows_stackd_counters_to_its_peers_only() {
+    if !ready("ringshim_stat_shows_stackd_counters_to_its_peers_only") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    let py = python();
+    let server = script("echo_server.py");
+    let mut app = LiveProcess::spawn(under_shim(&st, &[&py, &server, Path::new("7500")], &[]));
+    app.wait_line("listening", LIMIT);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = connect_in(&st.ns.name, "198.51.100.2:7500");
+            s.write_all(&[i; 100]).unwrap();
+            let mut got = [0u8; 100];
+            s.read_exact(&mut got).unwrap();
+            s
+        })
+        .collect();
+    let control = st.control.to_str().unwrap();
+    let out = Command::new(ringshim_cli())
+        .args(["stat", "--stackd", control, "--json"])
+        .output()
+        .expect("run ringshim stat --stackd");
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{json}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |name: &str| -> u64 {
+        let key = format!("\"{name}\":");
+        let at = json
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} missing: {json}"))
+            + key.len();
+        json[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {json}"))
+    };
+    assert_eq!(value("apps_now"), 1, "{json}");
+    assert_eq!(value("sessions_now"), 3, "{json}");
+    assert!(value("listeners_now") >= 1, "{json}");
+    assert!(value("sessions_accepted") >= 3, "{json}");
+    assert!(value("rx_frames") > 0 && value("tx_frames") > 0, "{json}");
+    // The text form, and no trace of the stats connection in stackd's log.
+    let text = Command::new(ringshim_cli())
+        .args(["stat", "--stackd", control])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("sessions_now") && text.contains("since start:"),
+        "{text}"
+    );
+    assert_eq!(
+        st.log_text().matches("detached").count(),
+        0,
+        "{}",
+        st.log_text()
+    );
+    // Another uid is refused, with the reason.
+    let refused = {
+        use std::os::unix::process::CommandExt;
+        Command::new(ringshim_cli())
+            .args(["stat", "--stackd", control])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("permission denied"), "{err}");
+    drop(held);
+    app.close_stdin();
+    assert!(app.wait_exit(LIMIT).is_some_and(|s| s.success()));
+}

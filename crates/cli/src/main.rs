@@ -18,6 +18,7 @@ mod json;
 mod page;
 mod probe;
 mod run;
+mod stackd_stat;
 mod stat;
 
 use std::ffi::OsString;
@@ -136,6 +137,9 @@ Usage:
       --count stops after N reports.
   ringshim stat --list [--dir DIR]
       List the stats pages of running processes; remove our own stale pages.
+  ringshim stat --stackd [SOCKET] [--json | --prometheus]
+      Show the counters of ringshim-stackd listening at SOCKET (default
+      $RINGSHIM_STACKD, else /run/ringshim/stackd.sock).
   ringshim version | --version
   ringshim help | --help
 

@@ -1,6 +1,6 @@
 //! `ringshim stat`: live counters of a shimmed process, as text, JSON or Prometheus
 //! exposition, once or every few seconds with rates; and `stat --list` to find (and clean
-//! up after) shimmed processes.
+//! up after) shimmed processes. `stat --stackd` is [`crate::stackd_stat`].
 
 use crate::args::{no_value, Arg, Args};
 use crate::json::{self, Object};
@@ -32,6 +32,12 @@ struct StatArgs {
 }
 
 pub fn main(argv: Vec<OsString>) -> Outcome {
+    if argv
+        .iter()
+        .any(|a| a == "--stackd" || a.to_string_lossy().starts_with("--stackd="))
+    {
+        return crate::stackd_stat::main(argv);
+    }
     let stat = parse_args(argv, std::env::var_os("RINGSHIM_STATS_DIR"))?;
     if stat.list {
         return list(&stat.dir);

@@ -69,6 +69,31 @@ fn exchange(control: RawFd, request: &ControlRequest) -> io::Result<(ControlRepl
     Ok((reply, fds))
 }
 
+/// stackd's counters (`ringshim stat --stackd`), over a connection of its own that never
+/// attaches. A peer stackd does not serve gets EACCES, as for ATTACH.
+pub fn stats(control_path: &Path) -> io::Result<proto::StatsReply> {
+    let control = sys::connect_seqpacket(control_path)?;
+    let request = ControlRequest::new(control_kind::STATS);
+    sys::send_with_fds(control.as_raw_fd(), proto::plain_bytes(&request), &[])?;
+    let mut buf = [0u8; std::mem::size_of::<proto::StatsReply>() + 8];
+    let (len, _) = sys::recv_with_fds(control.as_raw_fd(), &mut buf)?;
+    if let Some(reply) = proto::read_plain::<proto::StatsReply>(&buf[..len]) {
+        if reply.magic != proto::CONTROL_MAGIC || reply.version != proto::PROTOCOL_VERSION {
+            return Err(protocol_error("stats reply has a foreign magic or version"));
+        }
+        return Ok(reply);
+    }
+    // A refusal is a plain ControlReply carrying the errno.
+    match proto::read_plain::<ControlReply>(&buf[..len]) {
+        Some(r) if r.result != 0 => Err(io::Error::from_raw_os_error(r.result)),
+        _ if len == 0 => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "stackd closed the control connection",
+        )),
+        _ => Err(protocol_error("short stats reply")),
+    }
+}
+
 /// Attaches to the stackd listening at `control_path`; returns the attachment and its
 /// worker 0.
 pub fn attach(control_path: &Path, options: &AttachOptions) -> io::Result<(Attachment, Worker)> {

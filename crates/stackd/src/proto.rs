@@ -91,6 +91,53 @@ pub mod control_kind {
     pub const ATTACH: u32 = 1;
     /// Registers another worker (application thread) of the same attachment.
     pub const WORKER_ADD: u32 = 2;
+    /// stackd's counters, answered with a [`super::StatsReply`] (`ringshim stat
+    /// --stackd`); allowed on a connection that never attaches, to the same peers.
+    pub const STATS: u32 = 3;
+}
+
+/// The values of a [`StatsReply`], in order: gauges first (what stackd holds now), then
+/// counters since it started. Names follow `ringshim stat`'s (snake case).
+pub const STATS_NAMES: [&str; STATS_COUNT] = [
+    "uptime_seconds",
+    "apps_now",
+    "sessions_now",
+    "listeners_now",
+    "closing_now",
+    "apps_attached",
+    "apps_refused",
+    "apps_detached",
+    "sessions_accepted",
+    "sessions_connected",
+    "accepts_refused_no_slot",
+    "sessions_reset_on_detach",
+    "messages_to_apps",
+    "messages_from_apps",
+    "app_wakeups",
+    "sleeps",
+    "rx_frames",
+    "tx_frames",
+    "rx_errors",
+    "tx_errors",
+    "rx_oversize",
+    "rx_checksums_completed",
+];
+/// How many values of the above a gauge is (not a counter: no rate).
+pub const STATS_GAUGES: usize = 5;
+pub const STATS_COUNT: usize = 22;
+
+/// stackd's answer to STATS: `count` values named by [`STATS_NAMES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsReply {
+    pub magic: u32,
+    pub version: u32,
+    pub kind: u32,
+    /// 0, or a positive errno (EACCES: peer credentials refused).
+    pub result: i32,
+    pub count: u32,
+    pub reserved: u32,
+    pub values: [u64; STATS_COUNT],
 }
 
 /// One control datagram from the application.
@@ -188,6 +235,8 @@ pub unsafe trait Plain: Copy {}
 unsafe impl Plain for ControlRequest {}
 // SAFETY: as above (4 × u32 + i32 + u32 + u32 + u64 = 32 bytes, u64 at offset 24).
 unsafe impl Plain for ControlReply {}
+// SAFETY: as above (integers only, no padding: 6 × u32 then u64s).
+unsafe impl Plain for StatsReply {}
 // SAFETY: as above, checked by the size assertion below.
 unsafe impl Plain for Msg {}
 
@@ -266,6 +315,7 @@ pub struct Msg {
 const _: () = assert!(size_of::<Msg>() == 64);
 const _: () = assert!(size_of::<ControlRequest>() == 64);
 const _: () = assert!(size_of::<ControlReply>() == 32);
+const _: () = assert!(size_of::<StatsReply>() == 24 + 8 * STATS_COUNT);
 
 impl Msg {
     pub fn new(kind: MsgKind) -> Self {

@@ -287,6 +287,7 @@ impl Stack {
             return false;
         };
         match (request.kind, app.attached.is_some()) {
+            (control_kind::STATS, _) => self.send_stats(id),
             (control_kind::ATTACH, false) => self.attach(id, &request),
             (control_kind::WORKER_ADD, true) => self.add_worker(id),
             _ => {
@@ -295,6 +296,24 @@ impl Stack {
                 false
             }
         }
+    }
+
+    /// STATS: the counters, on a connection of an allowed peer (attached or not).
+    fn send_stats(&mut self, id: u32) -> bool {
+        let reply = self.stats();
+        let Some(app) = self.apps.get(&id) else {
+            return false;
+        };
+        if let Err(err) =
+            sys::send_with_fds(app.control.as_raw_fd(), proto::plain_bytes(&reply), &[])
+        {
+            self.detach_app(
+                id,
+                &format!("cannot reply on the control connection: {err}"),
+            );
+            return false;
+        }
+        true
     }
 
     /// Creates a worker's eventfds and registers its stack_wake with epoll.
@@ -425,6 +444,7 @@ impl Stack {
         };
         epoll_del(self.epoll.as_raw_fd(), app.control.as_raw_fd());
         let mut reset = 0;
+        let was_attached = app.attached.is_some();
         if let Some(attached) = app.attached.take() {
             for worker in &attached.workers {
                 epoll_del(self.epoll.as_raw_fd(), worker.stack_wake.as_raw_fd());
@@ -448,7 +468,8 @@ impl Stack {
             self.counters.sessions_reset_on_detach += reset;
             // `attached` drops here: its mapping is unmapped after the views are gone.
         }
-        if app.allowed {
+        // A connection that never attached (`ringshim stat --stackd`) leaves quietly.
+        if app.allowed && was_attached {
             log!(
                 LogLevel::Info,
                 "app {id} (pid {} {:?}) detached: {reason}; {reset} connection(s) reset",

@@ -111,7 +111,7 @@ const CLOSE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 const MAX_ROUNDS_PER_WAKE: u32 = 64;
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
-/// Counters printed at exit (and, later, for `ringshim stat`).
+/// Counters printed at exit and answered to STATS (`ringshim stat --stackd`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StackCounters {
     pub apps_attached: u64,
@@ -151,6 +151,52 @@ pub struct Stack {
     own_uid: u32,
     stop: bool,
     pub counters: StackCounters,
+}
+
+impl Stack {
+    /// The STATS answer: gauges of the moment, then the counters (proto::STATS_NAMES).
+    pub(crate) fn stats(&self) -> crate::proto::StatsReply {
+        let sessions: usize = self
+            .apps
+            .values()
+            .filter_map(|a| a.attached.as_ref())
+            .map(|a| a.slots.iter().filter(|s| s.session.is_some()).count())
+            .sum();
+        let (c, d) = (&self.counters, &self.device.counters);
+        let values = [
+            self.started.elapsed().as_secs(),
+            self.apps.values().filter(|a| a.attached.is_some()).count() as u64,
+            sessions as u64,
+            self.listeners.len() as u64,
+            self.closing.len() as u64,
+            c.apps_attached,
+            c.apps_refused,
+            c.apps_detached,
+            c.sessions_accepted,
+            c.sessions_connected,
+            c.accepts_refused_no_slot,
+            c.sessions_reset_on_detach,
+            c.messages_to_apps,
+            c.messages_from_apps,
+            c.app_wakeups,
+            c.sleeps,
+            d.rx_frames,
+            d.tx_frames,
+            d.rx_errors,
+            d.tx_errors,
+            d.rx_oversize,
+            d.rx_checksums_completed,
+        ];
+        crate::proto::StatsReply {
+            magic: crate::proto::CONTROL_MAGIC,
+            version: crate::proto::PROTOCOL_VERSION,
+            kind: crate::proto::control_kind::STATS,
+            result: 0,
+            count: values.len() as u32,
+            reserved: 0,
+            values,
+        }
+    }
 }
 
 impl std::fmt::Debug for Stack {
