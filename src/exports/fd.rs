@@ -1,4 +1,5 @@
-//! fcntl, fcntl64, ioctl, dup, dup2, dup3: descriptor flags and aliases.
+//! fcntl, fcntl64, ioctl, dup, dup2, dup3: descriptor flags and aliases; fclose, whose
+//! close of the descriptor happens inside glibc.
 
 use crate::errno;
 use crate::init::ensure_init;
@@ -116,6 +117,34 @@ pub unsafe extern "C" fn dup3(fd: c_int, fd2: c_int, flags: c_int) -> c_int {
     let r = unsafe { real::dup3(fd, fd2, flags) };
     if r >= 0 && active {
         errno::preserve(|| sock::alias(fd, r));
+    }
+    r
+}
+
+/// fclose() of a stream over a socket (fdopen): glibc flushes the buffer through the
+/// interposed write, then closes the descriptor with its internal close, which no
+/// export sees. Without this the shim would learn of it only when the number is reused
+/// (a ustack session would stay open: the peer would never get its FIN).
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
+    let tracked = if !stream.is_null() && ensure_init() {
+        // SAFETY: the caller's open stream; fileno only reads it.
+        let fd = unsafe { libc::fileno(stream) };
+        (fd >= 0 && crate::fdtable::get(fd).is_some()).then_some(fd)
+    } else {
+        None
+    };
+    // SAFETY: forwarded unchanged.
+    let r = unsafe { real::fclose(stream) };
+    if let Some(fd) = tracked {
+        errno::preserve(|| {
+            // The stream's descriptor is gone unless another thread already reopened the
+            // number (then that open found the old entry stale and dropped it).
+            // SAFETY: F_GETFD has no side effects.
+            if unsafe { real::fcntl(fd, libc::F_GETFD, 0) } < 0 {
+                sock::on_close(fd);
+            }
+        });
     }
     r
 }
