@@ -32,6 +32,8 @@
 set -u -o pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benchmarks/lib.sh
+source "$BENCH/lib.sh"
 ROOT="$(dirname "$BENCH")"
 OUT="$BENCH/out-balance"
 BIN="$BENCH/target/balance-bin" # not target/bin: run.sh may be building there at the same time
@@ -93,9 +95,6 @@ CLI_CPU=1
 PORT_BASE=7100
 NCPU=$(nproc)
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
 [[ $EUID -eq 0 ]] || die "run as root (network namespaces; CAP_BPF for RINGSHIM_BALANCE=exact)"
 ((NCPU >= 2)) || die "needs 2 CPUs (server on CPU 0, client on CPU 1)"
 [[ "$PAIRS" =~ ^[1-9][0-9]*$ ]] || die "--pairs wants a positive number"
@@ -106,20 +105,6 @@ NETNS=0
 SRV_WRAP="" # the timeout(1) process the server runs under
 SRV_PID=""  # the server itself
 CLI_PID=""
-
-kill_wait() { # PID...: TERM, then KILL after 5 s; only our own PIDs
-    local p i
-    for p in "$@"; do
-        [[ -n "$p" ]] || continue
-        kill -TERM "$p" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
 
 cleanup() {
     local rc=$?
@@ -170,55 +155,8 @@ setup_netns() {
 
 # ------------------------------------------------------------------------ measurement helpers (as run.sh)
 # procstat: "busy total steal" in USER_HZ ticks summed over all CPUs.
-procstat() {
-    local u n s i w q sq st
-    read -r _ u n s i w q sq st _ </proc/stat
-    echo "$((u + n + s + q + sq)) $((u + n + s + i + w + q + sq + st)) $st"
-}
-
-pid_cpu() { # PID...: utime+stime (USER_HZ) of each PID's thread group, summed
-    local p s fld t=0
-    for p in "$@"; do
-        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
-        s="${s##*) }"
-        read -ra fld <<<"$s"
-        t=$((t + fld[11] + fld[12]))
-    done
-    echo "$t"
-}
-
-own_children_cpu() { # cutime+cstime of this shell (children reaped so far: the client)
-    local s fld
-    s="$(cat /proc/$$/stat)"
-    s="${s##*) }"
-    read -ra fld <<<"$s"
-    echo $((fld[13] + fld[14]))
-}
 
 loadavg1() { cut -d' ' -f1 /proc/loadavg; }
-
-QUIET_WAITED=0
-wait_quiet() { # at most QUIET_MAX s, until other processes use < FOREIGN_MAX CPUs
-    local a b t0 tot busy cpus waited=0
-    while :; do
-        read -r a tot _ <<<"$(procstat)"
-        sleep 0.5
-        read -r b t0 _ <<<"$(procstat)"
-        busy=$((b - a))
-        tot=$((t0 - tot))
-        ((tot > 0)) || tot=1
-        cpus="$(awk -v b="$busy" -v t="$tot" -v n="$NCPU" 'BEGIN { printf "%.2f", b / t * n }')"
-        if awk -v c="$cpus" -v m="$FOREIGN_MAX" 'BEGIN { exit !(c <= m) }'; then break; fi
-        if ((waited >= QUIET_MAX)); then
-            log "machine still busy ($cpus CPUs used by others) after ${waited}s; running anyway"
-            break
-        fi
-        ((waited == 0)) && log "machine busy ($cpus CPUs used by others): waiting up to ${QUIET_MAX}s"
-        sleep 1
-        waited=$((waited + 1))
-        QUIET_WAITED=$((QUIET_WAITED + 1))
-    done
-}
 
 # ------------------------------------------------------------------------ one run
 RAW="$OUT/raw.tsv"

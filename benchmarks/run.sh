@@ -22,6 +22,8 @@
 set -u -o pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benchmarks/lib.sh
+source "$BENCH/lib.sh"
 ROOT="$(dirname "$BENCH")"
 OUT="$BENCH/out"
 BIN="$BENCH/target/bin"
@@ -98,9 +100,6 @@ CLI_CPU=1
 NCPU=$(nproc)
 HZ=$(getconf CLK_TCK)
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
 [[ $EUID -eq 0 ]] || die "run as root (network namespaces, perf)"
 ((NCPU >= 2)) || die "needs 2 CPUs (server on CPU 0, client on CPU 1)"
 
@@ -114,20 +113,6 @@ UPS_PIDS=""
 CLI_PID=""
 CTL_FD=""
 ACK_FD=""
-
-kill_wait() { # PID...: TERM, then KILL after 5 s; only our own PIDs
-    local p i
-    for p in "$@"; do
-        [[ -n "$p" ]] || continue
-        kill -TERM "$p" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
 
 cleanup() {
     local rc=$?
@@ -214,58 +199,12 @@ setup_netns() {
 # procstat: "busy total steal" in USER_HZ ticks summed over all CPUs; busy counts
 # user+nice+system+irq+softirq (the tick accounting of this kernel charges softirq to the
 # interrupted task as well, so a task's utime+stime and these columns compare).
-procstat() {
-    local u n s i w q sq st
-    read -r _ u n s i w q sq st _ </proc/stat
-    echo "$((u + n + s + q + sq)) $((u + n + s + i + w + q + sq + st)) $st"
-}
 
 # pid_cpu PID...: utime+stime (USER_HZ) of each PID's thread group, summed.
-pid_cpu() {
-    local p s fld t=0
-    for p in "$@"; do
-        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
-        s="${s##*) }"
-        read -ra fld <<<"$s"
-        t=$((t + fld[11] + fld[12]))
-    done
-    echo "$t"
-}
 
 # own_children_cpu: cutime+cstime of this shell (children reaped so far).
-own_children_cpu() {
-    local s fld
-    s="$(cat /proc/$$/stat)"
-    s="${s##*) }"
-    read -ra fld <<<"$s"
-    echo $((fld[13] + fld[14]))
-}
 
 loadavg1() { cut -d' ' -f1 /proc/loadavg; }
-
-# wait_quiet: wait (at most QUIET_MAX s) until other processes use < FOREIGN_MAX CPUs.
-QUIET_WAITED=0
-wait_quiet() {
-    local t0 a b busy tot cpus waited=0
-    while :; do
-        read -r a tot _ <<<"$(procstat)"
-        sleep 0.5
-        read -r b t0 _ <<<"$(procstat)"
-        busy=$((b - a))
-        tot=$((t0 - tot))
-        ((tot > 0)) || tot=1
-        cpus="$(awk -v b="$busy" -v t="$tot" -v n="$NCPU" 'BEGIN { printf "%.2f", b / t * n }')"
-        if awk -v c="$cpus" -v m="$FOREIGN_MAX" 'BEGIN { exit !(c <= m) }'; then break; fi
-        if ((waited >= QUIET_MAX)); then
-            log "machine still busy ($cpus CPUs used by others) after ${waited}s; running anyway"
-            break
-        fi
-        ((waited == 0)) && log "machine busy ($cpus CPUs used by others): waiting up to ${QUIET_MAX}s"
-        sleep 1
-        waited=$((waited + 1))
-        QUIET_WAITED=$((QUIET_WAITED + 1))
-    done
-}
 
 # mode_env MODE: the env(1) prefix of the server for that mode.
 mode_env() {
@@ -407,10 +346,6 @@ client_redis() { # CONNS N
     SUBROWS="$(awk -F, '$1 ~ /^"(SET|GET)"$/ { gsub(/"/, ""); printf "%s %s %.0f %.0f\n", $1, $2, $5 * 1000, $7 * 1000 }' "$f")"
     [[ $(wc -l <<<"$SUBROWS") -eq 2 ]] || { RUN_ERR="redis-benchmark output not understood: $(head -c 200 "$f")"; return 1; }
     REQS=$((2 * n)) CERR=0
-}
-
-to_us() { # wrk latency "1.23ms" -> µs
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) f = 1; else if (v ~ /ms$/) f = 1000; else if (v ~ /s$/) f = 1000000; else f = 1; printf "%.0f", n * f }'
 }
 
 client_wrk() { # PATH SECS

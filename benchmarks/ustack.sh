@@ -20,6 +20,8 @@
 set -u -o pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benchmarks/lib.sh
+source "$BENCH/lib.sh"
 ROOT="$(dirname "$BENCH")"
 OUT="$BENCH/out-ustack"
 BIN="$BENCH/target/bin"
@@ -95,9 +97,6 @@ VETH_C="rsubc$$"
 TAP="rsub$$"
 NCPU=$(nproc)
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-
 [[ $EUID -eq 0 ]] || die "run as root (network namespaces, TAP, perf)"
 ((NCPU >= 2)) || die "needs 2 CPUs"
 ((${#TAP} <= 15)) || TAP="rsub${TAP: -11}"
@@ -113,20 +112,6 @@ CLI_PID=""
 CTL_FD=""
 ACK_FD=""
 SRV_PIDS=()
-
-kill_wait() { # PID...: TERM, then KILL after 5 s; only our own PIDs
-    local p i
-    for p in "$@"; do
-        [[ -n "$p" ]] || continue
-        kill -TERM "$p" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
 
 cleanup() {
     local rc=$?
@@ -227,23 +212,6 @@ stop_stackd() {
 
 # ------------------------------------------------------------------------ measurement helpers
 # procstat: "busy total steal" in USER_HZ ticks over all CPUs (as run.sh).
-procstat() {
-    local u n s i w q sq st
-    read -r _ u n s i w q sq st _ </proc/stat
-    echo "$((u + n + s + q + sq)) $((u + n + s + i + w + q + sq + st)) $st"
-}
-
-pid_cpu() { # PID...: utime+stime (USER_HZ) of each thread group, summed
-    local p s fld t=0
-    for p in "$@"; do
-        [[ -n "$p" ]] || continue
-        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
-        s="${s##*) }"
-        read -ra fld <<<"$s"
-        t=$((t + fld[11] + fld[12]))
-    done
-    echo "$t"
-}
 
 utime_of() { # PID: utime (USER_HZ) alone: stackd's user-space share (smoltcp, fifos)
     local s fld
@@ -252,28 +220,6 @@ utime_of() { # PID: utime (USER_HZ) alone: stackd's user-space share (smoltcp, f
     s="${s##*) }"
     read -ra fld <<<"$s"
     echo "${fld[11]}"
-}
-
-own_children_cpu() { # cutime+cstime of this shell: children reaped so far (the clients)
-    local s fld
-    s="$(cat /proc/$$/stat)"
-    s="${s##*) }"
-    read -ra fld <<<"$s"
-    echo $((fld[13] + fld[14]))
-}
-
-wait_quiet() { # until other processes use < FOREIGN_MAX CPUs, at most QUIET_MAX s
-    local a b t0 t1 cpus waited=0
-    while :; do
-        read -r a t0 _ <<<"$(procstat)"
-        sleep 0.5
-        read -r b t1 _ <<<"$(procstat)"
-        cpus="$(awk -v b=$((b - a)) -v t=$((t1 - t0)) -v n="$NCPU" 'BEGIN { printf "%.2f", (t > 0 ? b / t * n : 0) }')"
-        awk -v c="$cpus" -v m="$FOREIGN_MAX" 'BEGIN { exit !(c <= m) }' && return 0
-        ((waited >= QUIET_MAX)) && { log "machine busy ($cpus CPUs used by others); running anyway"; return 0; }
-        waited=$((waited + 1))
-        sleep 0.5
-    done
 }
 
 # path_env PATH: the env(1) prefix of the server.
@@ -407,10 +353,6 @@ client_redis() { # IP CONNS N
     SUBROWS="$(awk -F, '$1 ~ /^"(SET|GET)"$/ { gsub(/"/, ""); printf "%s %s %.0f %.0f\n", $1, $2, $5 * 1000, $7 * 1000 }' "$f")"
     [[ $(wc -l <<<"$SUBROWS") -eq 2 ]] || { RUN_ERR="redis-benchmark output not understood: $(head -c 200 "$f")"; return 1; }
     REQS=$((2 * $3))
-}
-
-to_us() { # wrk latency "1.23ms" -> µs
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) f = 1; else if (v ~ /ms$/) f = 1000; else if (v ~ /s$/) f = 1000000; else f = 1; printf "%.0f", n * f }'
 }
 
 client_wrk() { # IP CONNS SECS
