@@ -54,6 +54,9 @@ pub struct UsSock {
     /// shutdown(SHUT_RD): reads return 0 from now on.
     pub shut_rd: bool,
     pub nodelay: bool,
+    /// TCP_CORK is on (kept here until a connecting socket's session exists; the session's
+    /// tx fifo carries it to stackd).
+    pub cork: bool,
     /// A listener: LISTEN was answered by BOUND in this process (see `io::join`), and the
     /// backlog listen() asked for.
     pub joined: bool,
@@ -94,6 +97,7 @@ impl UsSock {
             shut_wr: false,
             shut_rd: false,
             nodelay: false,
+            cork: false,
             joined: false,
             passive: false,
             backlog: 0,
