@@ -743,6 +743,11 @@ pub fn send(
                 let Some((_, tx)) = fifos(session) else {
                     return Err(Errno(libc::EIO));
                 };
+                // MSG_MORE corks this call's bytes; the next send without it pushes them.
+                let more = flags & libc::MSG_MORE != 0;
+                if more {
+                    tx.producer_set_cork(proto::cork::MORE, true);
+                }
                 let mut skip = done;
                 let before = done;
                 for v in iov {
@@ -763,6 +768,10 @@ pub fn send(
                     if n < src.len() {
                         break;
                     }
+                }
+                if !more && tx.producer_cork() & proto::cork::MORE != 0 {
+                    tx.producer_set_cork(proto::cork::MORE, false);
+                    tx.producer_push();
                 }
                 let notify = done > before && tx.producer_should_notify();
                 if done == before {
