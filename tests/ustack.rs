@@ -644,6 +644,123 @@ fn nginx_workers_share_the_port_in_stackd_and_serve_curl_and_wrk() {
     );
 }
 
+/// How many segments with data the kernel socket `s` has received (TCP_INFO).
+fn data_segments_in(s: &TcpStream) -> u32 {
+    // SAFETY: tcp_info is plain data; all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO fills at most `len` bytes of our tcp_info.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(
+        len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_data_segs_in) + 4,
+        "kernel without tcpi_data_segs_in"
+    );
+    info.tcpi_data_segs_in
+}
+
+/// Stops stackd with SIGTERM and returns its exit line of counters.
+fn stackd_exit_counters(st: &mut Stackd) -> String {
+    // SAFETY: signals our own child (stackd, exec'd by ip netns exec) by PID.
+    unsafe { libc::kill(st.process.pid(), libc::SIGTERM) };
+    let _ = st.process.0.wait();
+    let log = st.log_text();
+    log.lines()
+        .find(|l| l.contains("stopped; counters"))
+        .unwrap_or_else(|| panic!("no counters in stackd's log\n{log}"))
+        .to_string()
+}
+
+fn stackd_counter(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(&format!("{name}: "))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    line[at + name.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad {name} in {line}"))
+}
+
+/// Regression (nginx `sendfile on; tcp_nopush on;` at 0.04x the kernel, p99 ~ 42 ms):
+/// stackd ignored TCP_CORK, sent the header of a corked response at once, and smoltcp's
+/// Nagle held the body until the peer's delayed ACK, 40 ms per response. Now a cork
+/// holds the partial segment in the tx fifo, and the uncork (or the send without
+/// MSG_MORE) pushes it: header and body leave together, as the kernel sends them. The
+/// kernel peer counts the data segments it receives (TCP_INFO), so nothing is timed:
+/// every response, also those with a pause between header and body, must arrive in one.
+/// A cork never released still sends its bytes (the 200 ms ceiling).
+#[test]
+fn corked_response_leaves_stackd_in_one_segment_not_after_a_delayed_ack() {
+    if !ready("corked_response_leaves_stackd_in_one_segment_not_after_a_delayed_ack") {
+        return;
+    }
+    let mut st = Stackd::start(&[]);
+    let py = python();
+    let server = script("cork_server.py");
+    let mut srv = LiveProcess::spawn(under_shim(&st, &[&py, &server, Path::new("7400")], &[]));
+    srv.wait_line("listening", LIMIT);
+    let mut peer = connect_in(&st.ns.name, "198.51.100.2:7400");
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let header: Vec<u8> = [&[b'h'; 179][..], b"\n"].concat();
+    let body: Vec<u8> = (0..1024u32).map(|k| b'a' + (k % 26) as u8).collect();
+    let want = [header, body].concat();
+    const ROUNDS: u32 = 20;
+    let mut split = Vec::new();
+    for mode in ["cork", "more"] {
+        for n in 0..ROUNDS {
+            let before = data_segments_in(&peer);
+            peer.write_all(format!("{mode} {n}").as_bytes()).unwrap();
+            let mut got = vec![0u8; want.len()];
+            peer.read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("{mode} {n}: {e}\n{}", srv.stderr()));
+            assert!(got == want, "{mode} {n}: response differs");
+            let segments = data_segments_in(&peer) - before;
+            if segments != 1 {
+                split.push(format!("{mode} {n}: {segments} segments"));
+            }
+        }
+    }
+    assert!(
+        split.is_empty(),
+        "corked responses arrived split: {split:?}\n{}",
+        srv.stderr()
+    );
+    // Corked and never uncorked: the bytes still come (stackd's cork ceiling).
+    peer.write_all(b"hold").unwrap();
+    let mut held = [0u8; 100];
+    peer.read_exact(&mut held)
+        .unwrap_or_else(|e| panic!("corked bytes never sent: {e}\n{}", srv.stderr()));
+    assert_eq!(held, [b'w'; 100]);
+    drop(peer);
+    assert_eq!(srv.wait_line("served", LIMIT), (2 * ROUNDS).to_string());
+    assert!(
+        srv.wait_exit(LIMIT).is_some_and(|s| s.success()),
+        "{}",
+        srv.stderr()
+    );
+    // The mechanism, as stackd counted it: every response was pushed, the hold ended at
+    // the ceiling.
+    let counters = stackd_exit_counters(&mut st);
+    assert!(
+        stackd_counter(&counters, "cork_pushes") >= u64::from(2 * ROUNDS),
+        "{counters}"
+    );
+    assert!(
+        stackd_counter(&counters, "cork_ceiling_flushes") >= 1,
+        "{counters}"
+    );
+}
+
 #[test]
 fn killing_stackd_mid_transfer_resets_its_connections_and_new_sockets_use_the_kernel() {
     if !ready("killing_stackd_mid_transfer_resets_its_connections_and_new_sockets_use_the_kernel") {

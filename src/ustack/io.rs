@@ -896,6 +896,11 @@ pub fn send(
                 let Some((_, tx)) = fifos(session) else {
                     return Err(Errno(libc::EIO));
                 };
+                // MSG_MORE corks this call's bytes; the next send without it pushes them.
+                let more = flags & libc::MSG_MORE != 0;
+                if more {
+                    tx.producer_set_cork(proto::cork::MORE, true);
+                }
                 let mut skip = done;
                 let before = done;
                 for v in iov {
@@ -916,6 +921,10 @@ pub fn send(
                     if n < src.len() {
                         break;
                     }
+                }
+                if !more && tx.producer_cork() & proto::cork::MORE != 0 {
+                    tx.producer_set_cork(proto::cork::MORE, false);
+                    tx.producer_push();
                 }
                 let notify = done > before && tx.producer_should_notify();
                 if done == before {
@@ -1126,6 +1135,11 @@ pub unsafe fn getsockopt(
 /// setsockopt() of a ustack socket: options stackd models are forwarded to it; every
 /// option is also set on the placeholder (which answers getsockopt).
 ///
+/// TCP_CORK is the tx fifo's cork bit, set before the bytes it covers are written; an
+/// uncork, and TCP_NODELAY on, also set the fifo's push mark (everything written so far
+/// leaves now, as the kernel's push) and wake stackd with SETOPT when bytes came since the
+/// last push (see `proto`, "Cork and push").
+///
 /// # Safety
 /// `val` readable for `len` bytes.
 pub unsafe fn before_setsockopt(
@@ -1142,6 +1156,7 @@ pub unsafe fn before_setsockopt(
     let v = unsafe { val.cast::<c_int>().read_unaligned() };
     let (opt, value) = match (level, name) {
         (libc::IPPROTO_TCP, libc::TCP_NODELAY) => (proto::sockopt::NODELAY, u32::from(v != 0)),
+        (libc::IPPROTO_TCP, libc::TCP_CORK) => (proto::sockopt::CORK, u32::from(v != 0)),
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => {
             (proto::sockopt::KEEPALIVE_SECS, if v != 0 { 75 } else { 0 })
         }
@@ -1152,7 +1167,26 @@ pub unsafe fn before_setsockopt(
         if opt == proto::sockopt::NODELAY {
             io.us.nodelay = value != 0;
         }
-        (io.us.phase == Phase::Connected).then_some(io.us.session)
+        if opt == proto::sockopt::CORK {
+            io.us.cork = value != 0;
+        }
+        let session = (io.us.phase == Phase::Connected).then_some(io.us.session);
+        let fifo = session.and_then(fifos).map(|(_, tx)| tx);
+        match (opt, fifo) {
+            (proto::sockopt::CORK, Some(tx)) => {
+                tx.producer_set_cork(proto::cork::OPTION, value != 0);
+                // Corking needs no message: the bit travels with the bytes.
+                (value == 0 && tx.producer_push()).then_some(io.us.session)
+            }
+            (proto::sockopt::CORK, None) => None,
+            (proto::sockopt::NODELAY, Some(tx)) => {
+                if value != 0 {
+                    tx.producer_push();
+                }
+                session
+            }
+            _ => session,
+        }
     };
     if let Some(s) = session {
         let mut m = Msg::for_session(MsgKind::SetOpt, s);

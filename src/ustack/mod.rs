@@ -932,6 +932,12 @@ fn on_message(msg: &Msg) {
                             us.session = msg.session;
                             us.local = msg.local;
                             us.remote = msg.remote;
+                            if us.cork {
+                                // TCP_CORK set while connecting: before any byte is written.
+                                if let Some((_, tx)) = fifos(msg.session) {
+                                    tx.producer_set_cork(proto::cork::OPTION, true);
+                                }
+                            }
                         } else {
                             us.phase = Phase::Failed;
                             us.error = if msg.result > 0 {

@@ -57,6 +57,9 @@ pub struct UsSock {
     /// outcome yet (the next one does).
     pub connect_unreported: bool,
     pub nodelay: bool,
+    /// TCP_CORK is on (kept here until a connecting socket's session exists; the session's
+    /// tx fifo carries it to stackd).
+    pub cork: bool,
     /// A listener: LISTEN was answered by BOUND in this process (see `io::join`), and the
     /// backlog listen() asked for.
     pub joined: bool,
@@ -98,6 +101,7 @@ impl UsSock {
             shut_rd: false,
             connect_unreported: false,
             nodelay: false,
+            cork: false,
             joined: false,
             passive: false,
             backlog: 0,

@@ -41,6 +41,19 @@
 //! ([`Fifo::request_space_notice`]): the consumer answers with `RX_DRAINED` (app → stack)
 //! or `TX_SPACE` (stack → app) after it frees space.
 //!
+//! ## Cork and push
+//! The tx fifo also carries how the application wants its bytes sent, as the kernel's
+//! TCP_CORK, MSG_MORE and TCP_NODELAY do: the application sets cork bits
+//! ([`Fifo::producer_set_cork`]) *before* it enqueues the bytes they cover, and on uncork
+//! (or TCP_NODELAY on, or a send without MSG_MORE after one with it) records a **push
+//! mark**, the fifo position up to which everything is to leave now
+//! ([`Fifo::producer_push`]), then wakes stackd (SETOPT [`sockopt::CORK`], or the TX
+//! of the bytes). stackd reads both on every pass ([`Fifo::consumer_send_hint`]): while
+//! corked it moves only full segments into TCP and keeps a partial tail in the fifo (at
+//! most 200 ms, the kernel's ceiling); a new push mark moves everything before it and
+//! sends it without waiting for Nagle. Both fields are zero after a reset (not corked,
+//! nothing to push), which is also what an application that never sets them gets.
+//!
 //! ## Trust
 //! The segment is writable by the application, so stackd treats every value in it as
 //! untrusted: positions are masked into their buffer, a ring or fifo whose indices claim
@@ -352,6 +365,18 @@ pub mod sockopt {
     pub const NODELAY: u32 = 1;
     /// value: keep-alive interval in seconds, 0 = off.
     pub const KEEPALIVE_SECS: u32 = 2;
+    /// value: TCP_CORK, 1 = on, 0 = off. The state itself travels in the tx fifo (see
+    /// the module documentation, "Cork and push"); the message wakes stackd to honour a
+    /// push mark set with the uncork.
+    pub const CORK: u32 = 3;
+}
+
+/// Bits of the tx fifo's cork word ([`Fifo::producer_set_cork`]).
+pub mod cork {
+    /// TCP_CORK is on.
+    pub const OPTION: u32 = 1;
+    /// The last send had MSG_MORE.
+    pub const MORE: u32 = 2;
 }
 
 /// What a message is. App → stack kinds are below 64, stack → app kinds from 64.
@@ -933,6 +958,10 @@ struct FifoProducerLine {
     /// An RX/TX message is outstanding for bytes of this fifo (set by the producer when it
     /// posts one, cleared by the consumer before it drains).
     has_event: AtomicU32,
+    /// tx: [`cork`] bits (0: send as Nagle allows).
+    cork: AtomicU32,
+    /// tx: the stream position (a `tail` value) up to which bytes are to be pushed.
+    push_mark: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -956,6 +985,20 @@ pub struct FifoHeader {
 pub struct SessionShared {
     pub rx: FifoHeader,
     pub tx: FifoHeader,
+}
+
+/// What the producer of a tx fifo asks for its bytes ([`Fifo::consumer_send_hint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendHint {
+    /// Bytes waiting in the fifo.
+    pub len: u32,
+    /// Some cork bit is set: hold a partial segment.
+    pub corked: bool,
+    /// The push mark as last written (a change means a new push).
+    pub push_mark: u32,
+    /// How many of the waiting bytes lie before the push mark (0 when it is behind the
+    /// head, or out of range).
+    pub push_len: u32,
 }
 
 /// A view of one single-producer single-consumer byte fifo.
@@ -1124,10 +1167,71 @@ impl Fifo {
             && line.wants_space_notice.swap(0, Ordering::Relaxed) != 0
     }
 
+    /// Producer (tx): sets or clears `bits` of the cork word; returns the word before.
+    /// Set them before enqueueing the bytes they are to cover (the enqueue's release of
+    /// the tail publishes them with the bytes); clear them after the last covered byte is
+    /// enqueued, then [`Fifo::producer_push`].
+    pub fn producer_set_cork(&self, bits: u32, on: bool) -> u32 {
+        let word = &self.header().producer.cork;
+        // Release (clearing): the bytes enqueued before are visible with the uncork.
+        if on {
+            word.fetch_or(bits, Ordering::AcqRel)
+        } else {
+            word.fetch_and(!bits, Ordering::AcqRel)
+        }
+    }
+
+    /// Producer (tx): the cork bits now (the producer's own view).
+    pub fn producer_cork(&self) -> u32 {
+        self.header().producer.cork.load(Ordering::Relaxed)
+    }
+
+    /// Producer (tx): marks everything enqueued so far to be pushed. False when nothing
+    /// was enqueued since the last mark (no wake-up needed for it).
+    pub fn producer_push(&self) -> bool {
+        let line = &self.header().producer;
+        // Only the producer writes tail and push_mark.
+        let tail = line.tail.load(Ordering::Relaxed);
+        if line.push_mark.load(Ordering::Relaxed) == tail {
+            return false;
+        }
+        // Release: the cork bits cleared before are visible with the mark.
+        line.push_mark.store(tail, Ordering::Release);
+        true
+    }
+
+    /// Consumer (tx): the cork bits, the push mark, the fill level, and the cork bits
+    /// again; corked if either read says so. A byte seen is then seen with the cork that
+    /// covered it (the second read), a byte enqueued before an uncork is seen with the
+    /// uncork (the first), and the bytes before a push mark with the mark.
+    pub fn consumer_send_hint(&self) -> Result<SendHint, Corrupt> {
+        let header = self.header();
+        let before = header.producer.cork.load(Ordering::Acquire);
+        let push_mark = header.producer.push_mark.load(Ordering::Acquire);
+        let len = self.len()?;
+        let after = header.producer.cork.load(Ordering::Acquire);
+        let corked = (before | after) != 0;
+        let head = header.consumer.head.load(Ordering::Relaxed);
+        // A mark behind the head is spent.
+        let ahead = push_mark.wrapping_sub(head);
+        Ok(SendHint {
+            len,
+            corked,
+            push_mark,
+            push_len: if ahead <= self.capacity {
+                ahead.min(len)
+            } else {
+                0
+            },
+        })
+    }
+
     /// Empties the fifo and clears its flags (stackd, when a slot is recycled).
     pub fn reset(&self) {
         let header = self.header();
         header.producer.tail.store(0, Ordering::Relaxed);
+        header.producer.cork.store(0, Ordering::Relaxed);
+        header.producer.push_mark.store(0, Ordering::Relaxed);
         header.consumer.head.store(0, Ordering::Relaxed);
         header
             .producer
@@ -1269,6 +1373,38 @@ mod tests {
         assert_eq!(fifo.peek_at(300, &mut b), Ok(0));
         assert_eq!(fifo.peek_at(301, &mut b), Ok(0));
         assert_eq!(fifo.len(), Ok(300));
+    }
+
+    #[test]
+    fn cork_bits_and_push_marks_reach_the_consumer_and_reset_clears_them() {
+        let (_heap, seg) = segment();
+        let fifo = seg.tx_fifo(1).unwrap();
+        assert_eq!(fifo.consumer_send_hint(), Ok(SendHint::default()));
+        assert!(!fifo.producer_push(), "nothing enqueued: no push");
+        // Corked before the bytes: the consumer sees them corked, nothing to push.
+        fifo.producer_set_cork(cork::OPTION, true);
+        fifo.enqueue(&[1; 100]).unwrap();
+        let hint = fifo.consumer_send_hint().unwrap();
+        assert!(hint.corked);
+        assert_eq!((hint.len, hint.push_len, hint.push_mark), (100, 0, 0));
+        // Uncork: the mark covers everything so far; a second push adds nothing.
+        assert_eq!(fifo.producer_set_cork(cork::OPTION, false), cork::OPTION);
+        assert!(fifo.producer_push());
+        assert!(!fifo.producer_push());
+        fifo.producer_set_cork(cork::MORE, true);
+        fifo.enqueue(&[2; 50]).unwrap();
+        let hint = fifo.consumer_send_hint().unwrap();
+        assert!(hint.corked, "MSG_MORE bit");
+        assert_eq!((hint.len, hint.push_len, hint.push_mark), (150, 100, 100));
+        // Once the consumer is past the mark it is spent.
+        let mut buf = [0u8; 120];
+        assert_eq!(fifo.dequeue(&mut buf), Ok(120));
+        let hint = fifo.consumer_send_hint().unwrap();
+        assert_eq!((hint.len, hint.push_len), (30, 0));
+        assert_eq!(fifo.producer_cork(), cork::MORE);
+        seg.reset_session(1);
+        assert_eq!(fifo.consumer_send_hint(), Ok(SendHint::default()));
+        assert_eq!(fifo.producer_cork(), 0);
     }
 
     #[test]

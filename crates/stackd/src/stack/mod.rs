@@ -106,6 +106,9 @@ const RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection the application closed may take to finish (FIN-WAIT-2 and
 /// friends) before it is reset, as the kernel's tcp_fin_timeout.
 const CLOSE_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+/// Longest a cork (TCP_CORK, MSG_MORE) holds a partial segment, as the kernel's ceiling
+/// (tcp(7)).
+const CORK_CEILING: Duration = Duration::from_millis(200);
 /// Turns of the loop without sleeping before stackd checks epoll anyway (fairness to new
 /// control connections under load).
 const MAX_ROUNDS_PER_WAKE: u32 = 64;
@@ -125,6 +128,12 @@ pub struct StackCounters {
     pub messages_from_apps: u64,
     pub app_wakeups: u64,
     pub sleeps: u64,
+    /// A cork started holding a partial segment in a tx fifo.
+    pub cork_holds: u64,
+    /// Push marks honoured (uncork, TCP_NODELAY on, a send after MSG_MORE ones).
+    pub cork_pushes: u64,
+    /// Cork holds ended by [`CORK_CEILING`].
+    pub cork_ceiling_flushes: u64,
 }
 
 /// The whole stack process.
@@ -148,6 +157,8 @@ pub struct Stack {
     pub(crate) ports_in_use: HashSet<u16>,
     next_ephemeral: u16,
     pub(crate) closing: Vec<Closing>,
+    /// When the first cork's hold ends (the timer fires then), from the last session pass.
+    pub(crate) cork_deadline: Option<Instant>,
     own_uid: u32,
     stop: bool,
     pub counters: StackCounters,
@@ -349,6 +360,7 @@ impl Stack {
             ports_in_use: HashSet::new(),
             next_ephemeral,
             closing: Vec::new(),
+            cork_deadline: None,
             // SAFETY: geteuid cannot fail.
             own_uid: unsafe { libc::geteuid() },
             stop: false,
@@ -463,8 +475,8 @@ impl Stack {
         progress
     }
 
-    /// Arms the timerfd for smoltcp's next deadline and the earliest close timeout, or
-    /// disarms it when there is none.
+    /// Arms the timerfd for smoltcp's next deadline, the earliest close timeout and the end
+    /// of the first cork's hold, or disarms it when there is none.
     fn arm_timer(&mut self) -> io::Result<()> {
         let now = self.now();
         let mut delay: Option<StdDuration> = self
@@ -474,6 +486,14 @@ impl Stack {
         let since_start = self.started.elapsed();
         for closing in &self.closing {
             let left = closing.deadline.saturating_sub(since_start);
+            delay = Some(delay.map_or(left, |d| d.min(left)));
+        }
+        if let Some(deadline) = self.cork_deadline {
+            let left = if deadline > now {
+                StdDuration::from_micros((deadline - now).total_micros())
+            } else {
+                StdDuration::ZERO
+            };
             delay = Some(delay.map_or(left, |d| d.min(left)));
         }
         // SAFETY: itimerspec is plain data.

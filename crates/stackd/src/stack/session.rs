@@ -28,6 +28,18 @@
 //! tx fifo into smoltcp's send buffer; RX and TX_SPACE are posted when their flags say the
 //! application wants them.
 //!
+//! **Cork and push** (the kernel's TCP_CORK, MSG_MORE, and the push of an uncork or of
+//! TCP_NODELAY; see `proto`, "Cork and push"). smoltcp has neither cork nor push, so both
+//! live in that tx fifo → smoltcp move: while the application's cork bits are set, only
+//! whole segments (MSS multiples) move and a partial tail waits in the fifo, for at most
+//! [`CORK_CEILING`] (the kernel's 200 ms); a shutdown or close uncorks. A new push mark
+//! moves everything before it and, for a session with Nagle on, turns Nagle off until
+//! smoltcp's send buffer is empty (all acknowledged), so the tail leaves at once as the
+//! kernel's push (TCP_NAGLE_PUSH) does instead of waiting for the ACK of what is in flight:
+//! with the peer delaying that ACK, up to 40 ms. Then the application's setting is back.
+//! Without that, a corked response (nginx's `tcp_nopush`: header, then sendfile body)
+//! left as a lone header and a body held by Nagle until the peer's delayed ACK.
+//!
 //! **Ends.** SHUTDOWN(SHUT_WR) and CLOSE send FIN once the tx fifo is empty; CLOSE with
 //! unread bytes, with ABORT, or with bytes arriving afterwards sends RST (as the kernel
 //! does). A closed session's socket moves to the closing list, which keeps it until its
@@ -43,12 +55,13 @@ use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
 use super::app::App;
 use super::{
-    log, Stack, ACK_DELAY, CLOSE_TIMEOUT, RETRANSMIT_TIMEOUT, SOCKET_RX_BYTES, SOCKET_TX_BYTES,
+    log, Stack, ACK_DELAY, CLOSE_TIMEOUT, CORK_CEILING, RETRANSMIT_TIMEOUT, SOCKET_RX_BYTES,
+    SOCKET_TX_BYTES,
 };
 use crate::config::LogLevel;
 use crate::proto::{
     msg_flags, session_generation, session_id, session_index, sockopt, Endpoint, Fifo, Msg,
-    MsgKind, Segment, SessionId, NO_SESSION,
+    MsgKind, Segment, SendHint, SessionId, NO_SESSION,
 };
 
 /// Most sockets in LISTEN per listener.
@@ -83,10 +96,18 @@ pub(crate) struct Session {
     shutdown_requested: bool,
     fin_queued: bool,
     app_closed: bool,
+    /// The application's TCP_NODELAY (Nagle is off meanwhile while `pushing`).
+    nodelay: bool,
+    /// The tx fifo's push mark as last honoured.
+    push_mark: u32,
+    /// Nagle is off for a push until smoltcp's send buffer is empty.
+    pushing: bool,
+    /// Since when a cork holds a partial segment in the tx fifo.
+    corked_since: Option<Instant>,
 }
 
 impl Session {
-    fn new(handle: SocketHandle, worker: u32, state: State) -> Session {
+    fn new(handle: SocketHandle, worker: u32, state: State, nodelay: bool) -> Session {
         Session {
             handle,
             worker,
@@ -100,6 +121,10 @@ impl Session {
             shutdown_requested: false,
             fin_queued: false,
             app_closed: false,
+            nodelay,
+            push_mark: 0,
+            pushing: false,
+            corked_since: None,
         }
     }
 }
@@ -172,6 +197,54 @@ fn new_socket(nodelay: bool) -> tcp::Socket<'static> {
     socket
 }
 
+/// The cork state of a session pass (see the module documentation).
+#[derive(Clone, Copy, Debug)]
+struct Corks {
+    now: Instant,
+    /// The segment size a cork fills before bytes move (the interface's MTU less the
+    /// IPv4 and TCP headers).
+    mss: u32,
+    /// The earliest end of a cork's hold ([`CORK_CEILING`]), for the loop's timer.
+    deadline: Option<Instant>,
+    counters: CorkCounters,
+}
+
+impl Corks {
+    /// How many of the tx fifo's bytes may move into smoltcp now: all of them unless a
+    /// cork holds a partial segment (see the module documentation).
+    fn allows(&mut self, session: &mut Session, hint: &SendHint, capacity: u32) -> usize {
+        let closing = session.shutdown_requested || session.app_closed;
+        // A fifo too small for a segment (jumbo MTU) cannot wait for one: the tail held
+        // stays under half of it, so a writer always finds room.
+        let segment = self.mss.min(capacity / 2).max(1);
+        if !hint.corked || closing {
+            session.corked_since = None;
+            return hint.len as usize;
+        }
+        let allowed = (hint.len - hint.len % segment).max(hint.push_len);
+        if allowed == hint.len {
+            session.corked_since = None;
+            return allowed as usize;
+        }
+        let since = match session.corked_since {
+            Some(since) => since,
+            None => {
+                self.counters.holds += 1;
+                session.corked_since = Some(self.now);
+                self.now
+            }
+        };
+        let deadline = since + CORK_CEILING;
+        if self.now >= deadline {
+            self.counters.ceiling_flushes += 1;
+            session.corked_since = None;
+            return hint.len as usize;
+        }
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        allowed as usize
+    }
+}
+
 /// What the session pass decided about a session.
 enum Disposition {
     Keep,
@@ -187,6 +260,18 @@ struct Pass<'a> {
     posts: &'a mut Vec<(u32, Msg)>,
     now: Instant,
     broken: bool,
+    corks: Corks,
+}
+
+/// What corks did (counted in [`super::StackCounters`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CorkCounters {
+    /// A cork began holding a partial segment.
+    pub(crate) holds: u64,
+    /// Push marks honoured (uncork, TCP_NODELAY on, a send after MSG_MORE ones).
+    pub(crate) pushes: u64,
+    /// Holds ended by the ceiling.
+    pub(crate) ceiling_flushes: u64,
 }
 
 impl Pass<'_> {
@@ -273,14 +358,40 @@ impl Pass<'_> {
             return (true, Disposition::Retire);
         }
 
-        // Bytes to send: tx fifo → smoltcp.
-        if socket.may_send() && !session.fin_queued && !tx.is_empty() {
-            tx.consumer_clear_event();
+        // A push has left once everything is acknowledged: the app's Nagle setting again.
+        if session.pushing && socket.send_queue() == 0 {
+            session.pushing = false;
+            socket.set_nagle_enabled(!session.nodelay);
+        }
+
+        // Bytes to send: tx fifo → smoltcp, as far as a cork lets them.
+        if socket.may_send() && !session.fin_queued {
+            if !tx.is_empty() {
+                tx.consumer_clear_event();
+            }
+            // After the clear (and its fence): bytes enqueued meanwhile post a new TX.
+            let hint = tx.consumer_send_hint().unwrap_or_else(|_| {
+                self.broken = true;
+                SendHint::default()
+            });
+            if hint.push_mark != session.push_mark {
+                session.push_mark = hint.push_mark;
+                self.corks.counters.pushes += 1;
+                if !session.nodelay {
+                    socket.set_nagle_enabled(false);
+                    session.pushing = true;
+                    // smoltcp may now send what Nagle held: one more turn.
+                    progress = true;
+                }
+            }
+            let allowed = self.corks.allows(session, &hint, tx.capacity());
             let mut moved = 0usize;
-            loop {
+            while moved < allowed {
                 let mut corrupt = false;
+                let left = allowed - moved;
                 let sent = socket.send(|buf| {
-                    let n = tx.peek(buf).unwrap_or_else(|_| {
+                    let take = buf.len().min(left);
+                    let n = tx.peek(&mut buf[..take]).unwrap_or_else(|_| {
                         corrupt = true;
                         0
                     });
@@ -610,7 +721,7 @@ impl Stack {
                 listener.cookie,
                 listener.nodelay,
             );
-            let mut session = Session::new(handle, worker, state);
+            let mut session = Session::new(handle, worker, state, nodelay);
             session.listener = Some(listener_id);
             let Some(id) = self
                 .apps
@@ -686,7 +797,8 @@ impl Stack {
                 None => return fail(self, libc::EAGAIN),
             }
         };
-        let mut socket = new_socket(msg.flags & msg_flags::NODELAY != 0);
+        let nodelay = msg.flags & msg_flags::NODELAY != 0;
+        let mut socket = new_socket(nodelay);
         let remote = IpEndpoint::new(IpAddress::Ipv4(msg.remote.addr.into()), msg.remote.port);
         let local = IpListenEndpoint {
             addr: (msg.local.addr != [0; 4]).then(|| IpAddress::Ipv4(own.into())),
@@ -697,7 +809,7 @@ impl Stack {
             return fail(self, libc::ENETUNREACH);
         }
         let handle = self.sockets.add(socket);
-        let mut session = Session::new(handle, worker, State::SynSent);
+        let mut session = Session::new(handle, worker, State::SynSent, nodelay);
         session.cookie = msg.cookie;
         session.local_port = reserved;
         session.connecting = Some(self.now());
@@ -799,11 +911,23 @@ impl Stack {
             return;
         };
         let handle = session.handle;
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         match msg.arg {
-            sockopt::NODELAY => socket.set_nagle_enabled(msg.value == 0),
-            sockopt::KEEPALIVE_SECS => socket
+            sockopt::NODELAY => {
+                session.nodelay = msg.value != 0;
+                // A push in progress restores the setting when it is done.
+                if !session.pushing {
+                    self.sockets
+                        .get_mut::<tcp::Socket>(handle)
+                        .set_nagle_enabled(msg.value == 0);
+                }
+            }
+            sockopt::KEEPALIVE_SECS => self
+                .sockets
+                .get_mut::<tcp::Socket>(handle)
                 .set_keep_alive((msg.value > 0).then(|| Duration::from_secs(u64::from(msg.value)))),
+            // The cork and the push mark are in the tx fifo; the session pass that follows
+            // this message honours them.
+            sockopt::CORK => {}
             _ => {}
         }
     }
@@ -849,6 +973,12 @@ impl Stack {
         let mut retired: Vec<(SocketHandle, Option<u16>)> = Vec::new();
         let mut discarded: Vec<(SocketHandle, Option<u16>)> = Vec::new();
         let mut released: Vec<(u32, Option<u32>)> = Vec::new();
+        let mut corks = Corks {
+            now,
+            mss: (self.device.mtu() as u32).saturating_sub(40),
+            deadline: None,
+            counters: CorkCounters::default(),
+        };
         for app in self.apps.values_mut() {
             let Some(attached) = app.attached.as_mut() else {
                 continue;
@@ -859,6 +989,7 @@ impl Stack {
                 posts: &mut posts,
                 now,
                 broken: false,
+                corks,
             };
             let segment = attached.segment;
             for (index, slot) in attached.slots.iter_mut().enumerate() {
@@ -883,11 +1014,16 @@ impl Stack {
                 attached.free_slots.push(index as u32);
             }
             app.broken |= pass.broken;
+            corks = pass.corks;
             for &(worker, msg) in posts.iter() {
                 app.post(worker, msg);
                 self.counters.messages_to_apps += 1;
             }
         }
+        self.cork_deadline = corks.deadline;
+        self.counters.cork_holds += corks.counters.holds;
+        self.counters.cork_pushes += corks.counters.pushes;
+        self.counters.cork_ceiling_flushes += corks.counters.ceiling_flushes;
         for (handle, port) in discarded {
             self.sockets.remove(handle);
             if let Some(port) = port {
