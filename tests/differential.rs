@@ -638,8 +638,6 @@ const USTACK_NOT_APPLICABLE: &[(&str, &str)] = &[
 /// (variant, scenario, why ustack's answer differs from the kernel's).
 const USTACK_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("ustack-server", "efault_buffers", "BUG: to be fixed"),
-    ("ustack-server", "epoll_level_triggered", "BUG: to be fixed"),
-    ("ustack-server", "large_send_epoll", "BUG: to be fixed"),
     ("ustack-server", "listen_connected", "BUG: to be fixed"),
     ("ustack-server", "msg_peek", "BUG: to be fixed"),
     ("ustack-server", "msg_trunc_tcp", "BUG: to be fixed"),
@@ -658,8 +656,6 @@ const USTACK_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("ustack-client", "connect_twice", "BUG: to be fixed"),
     ("ustack-client", "dup_semantics", "BUG: to be fixed"),
     ("ustack-client", "efault_buffers", "BUG: to be fixed"),
-    ("ustack-client", "epoll_level_triggered", "BUG: to be fixed"),
-    ("ustack-client", "large_send_epoll", "BUG: to be fixed"),
     ("ustack-client", "listen_connected", "BUG: to be fixed"),
     ("ustack-client", "oob_urgent_data", "BUG: to be fixed"),
     ("ustack-client", "send_after_peer_close", "BUG: to be fixed"),
