@@ -60,6 +60,9 @@ pub struct EpollRecord {
     pub nested: AtomicU32,
     /// How many ustack worker eventfds are members of the kernel set (`crate::ustack`).
     pub ustack_wakes: AtomicU32,
+    /// The next merged look at both halves starts with the kernel set: the last one
+    /// filled the caller's array from the shim alone ([`merge_ready`]).
+    pub kernel_turn: core::sync::atomic::AtomicBool,
 }
 
 pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
@@ -84,6 +87,7 @@ impl EpollRecord {
             fork_epoch: AtomicU32::new(0),
             nested: AtomicU32::new(0),
             ustack_wakes: AtomicU32::new(0),
+            kernel_turn: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -167,6 +171,7 @@ pub fn track(epfd: i32) {
     ep.epfd.store(epfd, Ordering::Relaxed);
     ep.nested.store(0, Ordering::Relaxed);
     ep.ustack_wakes.store(0, Ordering::Relaxed);
+    ep.kernel_turn.store(false, Ordering::Relaxed);
     ep.fork_epoch.store(
         crate::uring::wait::FORK_EPOCH.load(Ordering::Relaxed),
         Ordering::Relaxed,
@@ -273,5 +278,131 @@ pub fn forget_socket(fd: i32, socket: u32, watchers: &[(u32, u32)]) {
                 ep.accelerated.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+}
+
+/// One non-blocking look at both halves of a merged epoll set: the shim's ready list
+/// (`shim`) and the kernel set (`kernel`). Each is called as `(offset, room)` and writes
+/// at most `room` events from `offset` of the caller's array, returning how many.
+///
+/// The kernel's own epoll_wait reports every ready member up to `max`, so both halves
+/// are asked while room is left. `kernel_first` says which goes first: normally the
+/// shim (whose look costs no system call); when the shim alone filled the array, the
+/// kernel set was not read at all, and the next look starts with it, so a busy set of
+/// accelerated sockets cannot starve the kernel's members (as the kernel rotates its
+/// level-triggered ready list). A shim that has nothing ready leaves the kernel set to
+/// the caller's (possibly blocking) wait, which reads it anyway.
+///
+/// Returns the events written and the `kernel_first` of the next look. An error of the
+/// kernel half after the shim wrote events returns those events: they are taken off the
+/// ready list (edge-triggered, one-shot) and would be lost.
+pub fn merge_ready(
+    max: usize,
+    kernel_first: bool,
+    mut shim: impl FnMut(usize, usize) -> usize,
+    mut kernel: impl FnMut(usize, usize) -> Result<usize, crate::errno::Errno>,
+) -> Result<(usize, bool), crate::errno::Errno> {
+    if kernel_first {
+        let k = kernel(0, max)?.min(max);
+        let s = if k < max { shim(k, max - k) } else { 0 };
+        return Ok((k + s.min(max - k), false));
+    }
+    let n = shim(0, max).min(max);
+    if n == 0 {
+        return Ok((0, false));
+    }
+    if n == max {
+        return Ok((n, true));
+    }
+    match kernel(n, max - n) {
+        Ok(k) => Ok((n + k.min(max - n), false)),
+        Err(_) => Ok((n, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ready;
+    use crate::errno::Errno;
+
+    /// A half with `ready` events; records each (offset, room) it was asked with.
+    struct Half {
+        ready: usize,
+        asked: Vec<(usize, usize)>,
+    }
+
+    impl Half {
+        fn new(ready: usize) -> Half {
+            Half {
+                ready,
+                asked: Vec::new(),
+            }
+        }
+        fn take(&mut self, offset: usize, room: usize) -> usize {
+            self.asked.push((offset, room));
+            let n = self.ready.min(room);
+            self.ready -= n;
+            n
+        }
+    }
+
+    fn merge(max: usize, first: bool, shim: &mut Half, kernel: &mut Half) -> (usize, bool) {
+        merge_ready(
+            max,
+            first,
+            |o, r| shim.take(o, r),
+            |o, r| Ok(kernel.take(o, r)),
+        )
+        .expect("no error")
+    }
+
+    /// epoll_level_triggered line 22: one ready member in each half, a wait with
+    /// timeout 0 reports both (the shim's events no longer end the look).
+    #[test]
+    fn epoll_level_triggered_reports_both_halves() {
+        let (mut shim, mut kernel) = (Half::new(1), Half::new(1));
+        assert_eq!(merge(8, false, &mut shim, &mut kernel), (2, false));
+        assert_eq!(shim.asked, [(0, 8)]);
+        assert_eq!(
+            kernel.asked,
+            [(1, 7)],
+            "the kernel fills the room after the shim"
+        );
+    }
+
+    #[test]
+    fn an_empty_shim_leaves_the_kernel_set_to_the_wait() {
+        let (mut shim, mut kernel) = (Half::new(0), Half::new(3));
+        assert_eq!(merge(8, false, &mut shim, &mut kernel), (0, false));
+        assert!(kernel.asked.is_empty(), "no second system call");
+    }
+
+    #[test]
+    fn a_full_array_from_the_shim_gives_the_kernel_the_next_turn() {
+        let (mut shim, mut kernel) = (Half::new(5), Half::new(2));
+        assert_eq!(merge(2, false, &mut shim, &mut kernel), (2, true));
+        assert!(kernel.asked.is_empty());
+        // The next look starts with the kernel, and the shim gets no room left.
+        assert_eq!(merge(2, true, &mut shim, &mut kernel), (2, false));
+        assert_eq!(kernel.asked, [(0, 2)]);
+        assert!(shim.asked.len() == 1, "the shim was not asked without room");
+        // Then the shim first again.
+        assert_eq!(merge(2, false, &mut shim, &mut kernel), (2, true));
+    }
+
+    #[test]
+    fn the_kernel_first_leaves_its_room_to_the_shim() {
+        let (mut shim, mut kernel) = (Half::new(4), Half::new(1));
+        assert_eq!(merge(3, true, &mut shim, &mut kernel), (3, false));
+        assert_eq!(kernel.asked, [(0, 3)]);
+        assert_eq!(shim.asked, [(1, 2)]);
+    }
+
+    #[test]
+    fn a_kernel_error_keeps_the_shims_events() {
+        let r = merge_ready(8, false, |_, _| 2, |_, _| Err(Errno(libc::EBADF)));
+        assert_eq!(r.expect("the shim's events"), (2, false));
+        let r = merge_ready(8, true, |_, _| 2, |_, _| Err(Errno(libc::EBADF)));
+        assert_eq!(r.map_err(|e| e.0), Err(libc::EBADF), "nothing taken yet");
     }
 }

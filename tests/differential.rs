@@ -628,12 +628,8 @@ const NO_URGENT_DATA_OUT: &str = "urgent data: smoltcp cannot send it, MSG_OOB i
 /// (variant, scenario, why ustack's answer differs from the kernel's).
 const USTACK_DIFFERENCES: &[(&str, &str, &str)] = &[
     ("ustack-server", "efault_buffers", EFAULT_IN_USER_SPACE),
-    ("ustack-server", "epoll_level_triggered", "BUG: to be fixed"),
-    ("ustack-server", "large_send_epoll", "BUG: to be fixed"),
     ("ustack-server", "oob_urgent_data", NO_URGENT_DATA_IN),
     ("ustack-client", "efault_buffers", EFAULT_IN_USER_SPACE),
-    ("ustack-client", "epoll_level_triggered", "BUG: to be fixed"),
-    ("ustack-client", "large_send_epoll", "BUG: to be fixed"),
     ("ustack-client", "oob_urgent_data", NO_URGENT_DATA_OUT),
 ];
 

@@ -1004,3 +1004,64 @@ fn ringshim_stat_shows_stackd_counters_to_its_peers_only() {
     app.close_stdin();
     assert!(app.wait_exit(LIMIT).is_some_and(|s| s.success()));
 }
+
+/// large_send_epoll's cause, on the blocking path (no scenario covers it: the runner has
+/// one thread, and a blocked send needs a reader running meanwhile): a send that writes
+/// part of its bytes and leaves the tx fifo full must ask stackd for TX_SPACE, or the
+/// blocked sender sleeps forever once the reader is slower than the link (it used to
+/// ask only when a call enqueued nothing; 8 MiB stalled after ~64 KiB every time).
+#[test]
+fn large_send_blocking_into_a_full_tx_fifo_waits_for_tx_space() {
+    if !ready("large_send_blocking_into_a_full_tx_fifo_waits_for_tx_space") {
+        return;
+    }
+    const N: usize = 8 << 20;
+    let st = Stackd::start(&[]);
+    let listener: TcpListener = st
+        .ns
+        .run_in(|| TcpListener::bind("198.51.100.1:7310").expect("bind kernel sink"));
+    // A slow reader: the window closes, so the fifo stays full while the sender blocks.
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = vec![0u8; 16384];
+        let mut got = 0usize;
+        while got < N {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if buf[..n]
+                .iter()
+                .enumerate()
+                .any(|(k, &b)| b != ((got + k) % 251) as u8)
+            {
+                return Err(format!("corrupt near byte {got}"));
+            }
+            got += n;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(got)
+    });
+    let code = format!(
+        "import socket\n\
+         c = socket.create_connection(('198.51.100.1', 7310))\n\
+         c.sendall((bytes(range(251)) * ({N} // 251 + 1))[:{N}])\n\
+         print('sent', flush=True)\n\
+         c.recv(1)\n"
+    );
+    let py = python();
+    let mut app = LiveProcess::spawn(under_shim(
+        &st,
+        &[&py, Path::new("-c"), Path::new(&code)],
+        &[],
+    ));
+    app.wait_line("sent", LIMIT);
+    let got = reader.join().expect("reader");
+    assert_eq!(got, Ok(N), "{}", app.stderr());
+    assert!(
+        app.wait_exit(LIMIT).is_some_and(|s| s.success()),
+        "{}",
+        app.stderr()
+    );
+}

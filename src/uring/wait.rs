@@ -829,8 +829,21 @@ unsafe fn epoll_wait_without_ring(
     ensure_ustack_wakes(ep);
     loop {
         crate::ustack::pump();
-        // SAFETY: room for max.
-        let n = unsafe { harvest(ep, events, max) };
+        // Both halves, as the kernel's epoll_wait reports every ready member: ready
+        // accelerated sockets must not hide the kernel's (a timeout-0 wait answered
+        // from the shim alone lost them).
+        let kernel_first = ep.kernel_turn.load(Ordering::Relaxed);
+        let (n, next) = crate::epoll::merge_ready(
+            max,
+            kernel_first,
+            // SAFETY: offset + room <= max: inside the caller's array.
+            |at, room| unsafe { harvest(ep, events.add(at), room) },
+            // SAFETY: as above.
+            |at, room| unsafe { harvest_kernel(ep, epfd, events.add(at), room) }.map(|r| r.0),
+        )?;
+        if next != kernel_first {
+            ep.kernel_turn.store(next, Ordering::Relaxed);
+        }
         if n > 0 {
             return Ok(n as c_int);
         }

@@ -854,7 +854,7 @@ pub fn send(
     let mut done = 0usize;
     loop {
         pump();
-        let (session, notify) = {
+        let (session, notify, raced) = {
             let mut io = rec.lock_io();
             match io.us.phase {
                 Phase::Connected => {}
@@ -927,17 +927,26 @@ pub fn send(
                     tx.producer_push();
                 }
                 let notify = done > before && tx.producer_should_notify();
-                if done == before {
-                    // Full: ask stackd for TX_SPACE; space may have appeared meanwhile.
+                let mut raced = false;
+                if done < total {
+                    // Full: ask stackd for TX_SPACE (a blocked send and EPOLLOUT wait for
+                    // it, also after a partial write); space may have appeared meanwhile.
                     if tx.request_space_notice().unwrap_or(0) > 0 {
-                        continue;
+                        if done == before {
+                            continue;
+                        }
+                        raced = true;
                     }
                 }
-                (session, notify)
+                (session, notify, raced)
             } else {
-                (NO_SESSION, false)
+                (NO_SESSION, false, false)
             }
         };
+        if raced {
+            // The space may come unannounced: the watchers look again (edge-triggered).
+            super::notify(rec);
+        }
         if notify {
             if let Err(e) = post(&Msg::for_session(MsgKind::Tx, session)) {
                 return if done > 0 { Ok(done) } else { Err(e) };

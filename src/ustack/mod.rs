@@ -579,14 +579,31 @@ pub fn fifos(session: u64) -> Option<(Fifo, Fifo)> {
 }
 
 /// The readiness of a ustack socket (EPOLL* bits).
+///
+/// A connected socket whose tx fifo is full is not writable, and nothing but stackd's
+/// TX_SPACE says when it becomes writable again: whoever finds it full (epoll, poll,
+/// select) asks for that notice here, so EPOLLOUT comes back whatever the last send
+/// did (a send that fills the fifo exactly leaves no request behind). The TX_SPACE
+/// message marks the socket's watchers ready (`on_message`).
 pub fn events_of(us: &UsSock) -> u32 {
     let (rx, tx_free) = match us.phase {
         Phase::Connected => fifos(us.session)
-            .map(|(rx, tx)| (rx.len().unwrap_or(0), tx.free_space().unwrap_or(0)))
+            .map(|(rx, tx)| (rx.len().unwrap_or(0), tx_room(&tx, us.shut_wr)))
             .unwrap_or((0, 0)),
         _ => (0, 0),
     };
     us.events(rx, tx_free)
+}
+
+/// The room in a session's tx fifo; when there is none (and the socket may still
+/// send), a space notice is requested first, and the room read again after the request
+/// (stackd may have consumed meanwhile and seen no request: then the room is nonzero).
+fn tx_room(tx: &Fifo, shut_wr: bool) -> u32 {
+    match tx.free_space() {
+        Ok(0) if !shut_wr => tx.request_space_notice().unwrap_or(0),
+        Ok(free) => free,
+        Err(_) => 0,
+    }
 }
 
 /// The cookie that names `rec` in CONNECT and LISTEN (its reuse generation included).
