@@ -842,54 +842,6 @@ const USTACK_DIFFERENCES: &[(&str, &str, &str)] = &[
     ),
     ("ustack-server", "stdio_on_socket", GLIBC_INTERNAL_IO),
     ("ustack-client", "sendfile_splice_write_order", NO_SPLICE),
-    (
-        "ustack-server",
-        "echo_bulk_8mib_both_directions",
-        "BUG: to be fixed",
-    ),
-    (
-        "ustack-server",
-        "epoll_nested_and_polled",
-        "BUG: to be fixed",
-    ),
-    (
-        "ustack-server",
-        "threads_accept_io_and_shared_epoll",
-        "BUG: to be fixed",
-    ),
-    (
-        "ustack-client",
-        "echo_bulk_8mib_both_directions",
-        "BUG: to be fixed",
-    ),
-    (
-        "ustack-client",
-        "fork_parent_keeps_socket",
-        "BUG: to be fixed",
-    ),
-    ("ustack-client", "sendfile_data", "BUG: to be fixed"),
-    ("ustack-client", "half_close", "BUG: to be fixed"),
-    (
-        "ustack-client",
-        "readv_writev_sendmsg_recvmsg",
-        "BUG: to be fixed",
-    ),
-    (
-        "ustack-client",
-        "close_delivers_pending_bytes",
-        "BUG: to be fixed",
-    ),
-    // Seen failing once in several runs (races in the readiness merge, under study).
-    (
-        "ustack-client",
-        "echo_nonblocking_epoll",
-        "BUG: intermittent",
-    ),
-    (
-        "ustack-client",
-        "threads_accept_io_and_shared_epoll",
-        "BUG: intermittent",
-    ),
 ];
 
 fn check_ustack(variant: &UstackVariant) {

@@ -119,7 +119,11 @@ pub unsafe extern "C" fn epoll_pwait(
                     wait::epoll_wait(ep, epfd, events, max, ms_timeout(timeout), sigmask)
                 });
             }
-            if uring::available() {
+            // A tracked instance waits through the shim even before it has accelerated
+            // members: another thread may add one meanwhile, and the shim's own
+            // descriptors (the bridge, ustack's wake eventfds) then join the kernel set
+            // and must be filtered out of what this wait returns.
+            if uring::available() || crate::ustack::attached() {
                 uring::submit_pending();
                 // SAFETY: caller's buffers.
                 return errno::ret(unsafe {
@@ -161,7 +165,11 @@ pub unsafe extern "C" fn epoll_pwait2(
                 // SAFETY: caller's buffers.
                 return errno::ret(unsafe { wait::epoll_wait(ep, epfd, events, max, t, sigmask) });
             }
-            if uring::available() {
+            // A tracked instance waits through the shim even before it has accelerated
+            // members: another thread may add one meanwhile, and the shim's own
+            // descriptors (the bridge, ustack's wake eventfds) then join the kernel set
+            // and must be filtered out of what this wait returns.
+            if uring::available() || crate::ustack::attached() {
                 uring::submit_pending();
                 // SAFETY: `timeout` is null or readable per the caller's contract.
                 let t = if timeout.is_null() {
