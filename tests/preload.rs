@@ -324,6 +324,7 @@ scenarios! {
         epoll_shared_across_fork => "fork",
         epoll_nested_and_polled => "nested",
         epoll_close_removes => "close_removes",
+        epoll_one_event_waits_take_turns => "fairness",
     }
 
     "pl_poll" {

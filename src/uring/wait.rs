@@ -678,14 +678,27 @@ pub unsafe fn epoll_wait(
             super::process_local(ring);
         }
         refresh_exposed();
-        // SAFETY: room for `max` entries.
-        let mut n = unsafe { harvest(ep, events, max) };
-        if n < max && ring.epoll_check_needed(ep_id) {
+        // The kernel's own members go first on the turn after the shim's ready list
+        // filled the caller's array alone: level-triggered accelerated sockets that stay
+        // ready must not starve them (the kernel rotates its ready list the same way).
+        let kernel_first = ep.kernel_turn.swap(false, Ordering::Relaxed);
+        let mut n = 0;
+        let mut kernel_checked = false;
+        if kernel_first && ring.epoll_check_needed(ep_id) {
+            // SAFETY: room for `max` entries.
+            n = unsafe { harvest_kernel(ep, epfd, events, max) }?.0;
+            kernel_checked = true;
+        }
+        if n < max {
             // SAFETY: room for `max - n` entries after the first n.
-            let (k, bridge) = unsafe { harvest_kernel(ep, epfd, events.add(n), max - n) }?;
-            n += k;
-            // The bridge only says the ready list changed; it was harvested above.
-            let _ = bridge;
+            n += unsafe { harvest(ep, events.add(n), max - n) };
+        }
+        if !kernel_checked && n < max && ring.epoll_check_needed(ep_id) {
+            // SAFETY: room for `max - n` entries after the first n. The bridge only says
+            // the ready list changed; it was harvested above.
+            n += unsafe { harvest_kernel(ep, epfd, events.add(n), max - n) }?.0;
+        } else if !kernel_checked && n == max {
+            ep.kernel_turn.store(true, Ordering::Relaxed);
         }
         ring.arm_epoll_watch(ep_id, epfd);
         if n > 0 {

@@ -556,6 +556,37 @@ static void t_close_removes(void) {
     close(s2);
 }
 
+/* epoll_wait with room for one event: level-triggered members that stay ready take
+ * turns (the kernel re-queues a reported one at the tail), so an always-readable socket
+ * cannot hide a ready pipe. A shim answering from its own ready list first must still
+ * give the kernel's members their turn. */
+static void t_fairness(void) {
+    int c, s, p[2];
+    pl_tcp_pair(&c, &s);
+    OK(pipe(p));
+    int ep = OK(epoll_create1(0));
+    ep_add(ep, s, EPOLLIN, 1);
+    ep_add(ep, p[0], EPOLLIN, 2);
+    pl_write_all(c, "always", 6);
+    pl_wait_queued(s, 6, 5000);
+    CHECK(write(p[1], "p", 1) == 1, "pipe write");
+    STEP("six one-event waits: each member at least twice");
+    int count[3] = {0, 0, 0};
+    for (int i = 0; i < 6; i++) {
+        struct epoll_event ev;
+        CHECK(epoll_wait(ep, &ev, 1, 1000) == 1, "wait %d", i);
+        CHECK(ev.data.u64 == 1 || ev.data.u64 == 2, "tag %llu", (unsigned long long)ev.data.u64);
+        count[ev.data.u64]++;
+    }
+    CHECK(count[1] >= 2 && count[2] >= 2, "socket reported %d times, pipe %d times (starvation)",
+          count[1], count[2]);
+    close(ep);
+    close(p[0]);
+    close(p[1]);
+    close(c);
+    close(s);
+}
+
 static const struct pl_case cases[] = {
     {"lt", t_lt},
     {"et", t_et},
@@ -571,6 +602,7 @@ static const struct pl_case cases[] = {
     {"fork", t_epoll_fork},
     {"nested", t_nested},
     {"close_removes", t_close_removes},
+    {"fairness", t_fairness},
     {NULL, NULL},
 };
 
