@@ -643,17 +643,7 @@ fn check_ustack(variant: &UstackVariant) {
     ) {
         return;
     }
-    let st = stackd::Stackd::start(&[]);
-    let baseline = stackd::Netns::with_prefix("rs-dk");
-    // The fixture turns IPv6 off (no chatter on the TAP); the scenarios' [::1] needs it
-    // back on lo, in both namespaces alike.
-    for ns in [&st.ns, &baseline] {
-        ns.run_in(|| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "0"))
-            .expect("enable IPv6 on lo");
-    }
-    for a in ["198.51.100.1/32", "198.51.100.2/32"] {
-        baseline.exec(&["ip", "addr", "add", a, "dev", "lo"]);
-    }
+    let (st, baseline) = stackd::Stackd::start_with_kernel_twin();
     let control = st.control.to_str().expect("control path").to_string();
     let mut env: Vec<(&str, &str)> = vec![
         ("RINGSHIM_BACKEND", "ustack"),

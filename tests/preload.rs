@@ -852,16 +852,7 @@ fn check_ustack(variant: &UstackVariant) {
     ) {
         return;
     }
-    let st = stackd::Stackd::start(&[]);
-    let reference_ns = stackd::Netns::with_prefix("rs-pk");
-    for a in ["198.51.100.1/32", "198.51.100.2/32"] {
-        reference_ns.exec(&["ip", "addr", "add", a, "dev", "lo"]);
-    }
-    // The fixture turns IPv6 off (no chatter on the TAP); the ipv6 cases need ::1 back.
-    for ns in [&st.ns, &reference_ns] {
-        ns.run_in(|| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "0"))
-            .expect("enable IPv6 on lo");
-    }
+    let (st, reference_ns) = stackd::Stackd::start_with_kernel_twin();
     let control = st.control.to_str().expect("control path").to_string();
     let mut env: Vec<(&str, &str)> = vec![
         ("RINGSHIM_BACKEND", "ustack"),

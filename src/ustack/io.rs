@@ -224,22 +224,6 @@ fn interrupted_call_restarts() -> bool {
     })
 }
 
-/// block_until for accept(), which the kernel restarts under SA_RESTART unless a
-/// timeout (SO_RCVTIMEO) applies.
-fn block_restartable(
-    rec: &SocketRecord,
-    deadline_ms: Option<u64>,
-    extra_fd: c_int,
-    ready: impl Fn(&SockIo) -> bool,
-) -> Result<(), Errno> {
-    loop {
-        match block_until(rec, deadline_ms, extra_fd, &ready) {
-            Err(Errno(libc::EINTR)) if deadline_ms.is_none() && interrupted_call_restarts() => {}
-            r => return r,
-        }
-    }
-}
-
 fn timeout_deadline(fd: c_int, opt: c_int) -> Option<u64> {
     crate::uring::socket_timeout(fd, opt).map(|ms| now_ms() + ms)
 }
@@ -589,11 +573,16 @@ pub unsafe fn accept(
             return unsafe { crate::ops::accept_kernel(fd, addr, len, flags) };
         }
         let deadline = timeout_deadline(fd, libc::SO_RCVTIMEO);
-        if let Err(Errno(e)) = block_restartable(listener, deadline, fd, |io| {
+        match block_until(listener, deadline, fd, |io| {
             !io.us.accept_queue.is_empty() || io.us.phase != Phase::Listening
         }) {
-            crate::errno::set(e);
-            return -1;
+            Ok(()) => {}
+            // Restarted as the kernel restarts accept() under SA_RESTART.
+            Err(Errno(libc::EINTR)) if deadline.is_none() && interrupted_call_restarts() => {}
+            Err(Errno(e)) => {
+                crate::errno::set(e);
+                return -1;
+            }
         }
         if listener.lock_io().us.phase != Phase::Listening {
             // SAFETY: caller contract.

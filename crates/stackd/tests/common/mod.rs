@@ -276,6 +276,23 @@ impl Stackd {
         stackd
     }
 
+    /// The TAP topology plus a namespace whose kernel owns both of its addresses
+    /// (198.51.100.1 and .2 on `lo`): what the same program does kernel to kernel, for
+    /// the runs compared with a run across stackd (tests/differential.rs, preload.rs).
+    /// IPv6 is back on `lo` in both, for programs that also use ::1.
+    pub fn start_with_kernel_twin() -> (Stackd, Netns) {
+        let st = Stackd::start(&[]);
+        let twin = Netns::with_prefix("rs-tw");
+        for a in ["198.51.100.1/32", "198.51.100.2/32"] {
+            twin.exec(&["ip", "addr", "add", a, "dev", "lo"]);
+        }
+        for ns in [&st.ns, &twin] {
+            ns.run_in(|| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "0"))
+                .expect("enable IPv6 on lo");
+        }
+        (st, twin)
+    }
+
     /// The AF_PACKET topology (module docs): a veth pair between a namespace of stackd's
     /// (`rsvA`, no address, `--packet rsvA`) and one of the kernel's (`rsvB`,
     /// 198.51.100.1/24). `peer_offloads_off` turns tx checksumming, TSO and GSO off on
