@@ -375,6 +375,7 @@ scenarios! {
 
     "pl_threads" {
         threads_accept_io_and_shared_epoll => "mixed",
+        epoll_waiter_hears_a_socket_another_thread_read_to_eagain => "reader_sleeps_elsewhere",
     }
 }
 

@@ -404,6 +404,7 @@ fn ensure_recv(rec: &SocketRecord, io: &mut SockIo) {
     }
     if io.owner == u32::from(mine.id) + 1 {
         mine.push(ring::recv_multi(io.fd, id, io.gen));
+        mine.recv_started();
         io.recv_armed = true;
     } else if let Some(owner) = io.owner_ring() {
         owner.post_request(id, io.gen, Request::ArmRecv);
@@ -616,6 +617,9 @@ fn complete(ring: &Ring, ud: u64, res: i32, flags: u32) {
 
 fn on_recv(ring: &Ring, id: u32, gen: u32, res: i32, flags: u32) {
     let bid = ring::buffer_select(flags);
+    if !ring::more(flags) {
+        ring.recv_finished();
+    }
     let Some(rec) = socket_for(id, gen) else {
         if let Some(b) = bid {
             ring.give_back(b);
@@ -779,12 +783,15 @@ pub(crate) fn settle(ring: &Ring) {
     process(ring);
 }
 
-/// Whether this thread's ring has sends in flight or closed sockets draining: its waits
-/// must then go through the ring even when they watch only kernel fds, or the sends
-/// would never continue (their completions are reaped only by this thread).
+/// Whether this thread's ring holds work only this thread reaps: sends in flight,
+/// closed sockets draining, or armed receives. Its waits must then go through the ring
+/// even when they watch only kernel fds, or that work would never continue. The
+/// receives matter as much as the sends: a thread that read a socket to EAGAIN owns
+/// its receive, and if it then sleeps in poll() on a pipe, another thread's epoll_wait
+/// on that socket never hears of the next bytes (pl_threads mixed, one run in twenty).
 #[inline]
-pub fn ring_busy_sending() -> bool {
-    ring::current().is_some_and(|r| r.outstanding_sends())
+pub fn ring_holds_work() -> bool {
+    ring::current().is_some_and(|r| r.holds_work())
 }
 
 /// Hands this thread's queued SQEs to the kernel. Cheap when there are none: called

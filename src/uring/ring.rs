@@ -190,6 +190,9 @@ struct Local {
     epoll_watch: Vec<(u32, bool, bool)>,
     /// SENDMSGs submitted and not yet completed.
     sends_in_flight: u32,
+    /// Multishot receives armed on this ring and not yet terminated: other threads
+    /// waiting on those sockets rely on this thread reaping the ring.
+    recvs_armed: u32,
     /// Buffers given back since the starved receives were last retried.
     returned: u32,
 }
@@ -412,6 +415,7 @@ impl Ring {
                 draining: Vec::new(),
                 epoll_watch: Vec::new(),
                 sends_in_flight: 0,
+                recvs_armed: 0,
                 returned: 0,
             }),
             defer_taskrun,
@@ -715,10 +719,20 @@ impl Ring {
         l.sends_in_flight = l.sends_in_flight.saturating_sub(1);
     }
 
-    /// Sends in flight or closed sockets still draining on this ring.
-    pub fn outstanding_sends(&self) -> bool {
+    pub fn recv_started(&self) {
+        self.local().recvs_armed += 1;
+    }
+
+    pub fn recv_finished(&self) {
         let l = self.local();
-        l.sends_in_flight > 0 || !l.draining.is_empty()
+        l.recvs_armed = l.recvs_armed.saturating_sub(1);
+    }
+
+    /// Sends in flight, closed sockets still draining, or receives armed on this ring:
+    /// work whose completions only this thread reaps.
+    pub fn holds_work(&self) -> bool {
+        let l = self.local();
+        l.sends_in_flight > 0 || !l.draining.is_empty() || l.recvs_armed > 0
     }
 
     pub fn set_loop_thread(&self) {

@@ -41,7 +41,7 @@ pub static FORK_EPOCH: core::sync::atomic::AtomicU32 = core::sync::atomic::Atomi
 pub fn merged(ep: &EpollRecord) -> bool {
     ep.accelerated.load(Ordering::Acquire) > 0
         || ep.nested.load(Ordering::Acquire) > 0
-        || super::ring_busy_sending()
+        || super::ring_holds_work()
 }
 
 fn requeue_after_fork(ep: &EpollRecord) {
@@ -102,13 +102,20 @@ fn signal_bridge(ep: &EpollRecord) {
     }
 }
 
+/// Empties the bridge, then lets the next [`signal_bridge`] write it again.
+///
+/// The order matters. Clearing the flag first lets a signal slip in between: its write
+/// is consumed by this read while the flag stays set, so every later signal is skipped
+/// and a sleeper never wakes again. Read first, a signal that finds the flag still set
+/// is not lost: its slot is already in the ready list, which the draining thread
+/// harvests next.
 fn drain_bridge(ep: &EpollRecord) {
     let efd = ep.bridge_fd.load(Ordering::Acquire);
     if efd >= 0 {
-        ep.bridge_signalled.store(false, Ordering::Release);
         let mut v: u64 = 0;
         // SAFETY: reading 8 bytes from our non-blocking eventfd.
         unsafe { libc::syscall(libc::SYS_read, efd, &mut v as *mut u64, 8) };
+        ep.bridge_signalled.store(false, Ordering::SeqCst);
     }
 }
 
@@ -206,6 +213,11 @@ fn refresh_exposed() {
             signal_bridge(ep);
         } else if ep.bridge_signalled.load(Ordering::Acquire) {
             drain_bridge(ep);
+            // A member that became ready while we looked had its signal skipped (the
+            // flag was still set) and the drain ate the write before it: say it again.
+            if any_truly_ready(ep) {
+                signal_bridge(ep);
+            }
         }
     }
 }
@@ -927,7 +939,7 @@ pub fn on_poll_fd(_id: u32, _gen: u32, _res: i32) {}
 /// # Safety
 /// `fds` holds `n` entries.
 pub unsafe fn poll_needs_shim(fds: *mut pollfd, n: nfds_t) -> bool {
-    let mut needs = super::ring_busy_sending();
+    let mut needs = super::ring_holds_work();
     for k in 0..n as usize {
         // SAFETY: caller contract.
         let fd = unsafe { (*fds.add(k)).fd };
@@ -1224,7 +1236,7 @@ pub unsafe fn select_needs_shim(
     w: *mut fd_set,
     e: *mut fd_set,
 ) -> bool {
-    if super::ring_busy_sending() {
+    if super::ring_holds_work() {
         return true;
     }
     let nfds = nfds.clamp(0, libc::FD_SETSIZE as c_int);

@@ -201,8 +201,63 @@ static void t_mixed(void) {
     close(lfd);
 }
 
+/* ---- a socket read to EAGAIN by one thread, waited on by another
+ *
+ * Thread R polls the socket and reads it dry, then sleeps in poll() on a pipe alone.
+ * Thread W waits for the socket in epoll_wait. The next bytes must wake W although R,
+ * the last thread to read, is asleep elsewhere: a shim that arms the receive on R's
+ * ring and lets R sleep outside it never delivers them. */
+static int rs_sock, rs_armed[2], rs_release[2];
+
+static void *rs_reader(void *arg) {
+    (void)arg;
+    pl_wait_for(rs_sock, POLLIN, 5000);
+    char b[64];
+    while (read(rs_sock, b, sizeof b) > 0) {
+    }
+    CHECK(errno == EAGAIN, "reader: drain ended with errno %d", errno);
+    pl_write_all(rs_armed[1], "r", 1);
+    pl_wait_for(rs_release[0], POLLIN, 10000);
+    return NULL;
+}
+
+static void t_reader_sleeps_elsewhere(void) {
+    int c;
+    pl_tcp_pair(&c, &rs_sock);
+    pl_set_nonblock(rs_sock, 1);
+    OK(pipe(rs_armed));
+    OK(pipe(rs_release));
+    pl_write_all(c, "first", 5);
+    pthread_t r;
+    CHECK(pthread_create(&r, NULL, rs_reader, NULL) == 0, "pthread_create");
+    STEP("the reader drained the socket and sleeps in poll() on a pipe");
+    char x;
+    pl_read_exact(rs_armed[0], &x, 1);
+    pl_sleep_ms(20);
+    int ep = OK(epoll_create1(0));
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+    OK(epoll_ctl(ep, EPOLL_CTL_ADD, rs_sock, &ev));
+    CHECK(epoll_wait(ep, &ev, 1, 0) == 0, "drained socket reported ready");
+    STEP("new bytes wake this thread's epoll_wait");
+    pl_write_all(c, "second", 6);
+    int n = epoll_wait(ep, &ev, 1, 5000);
+    CHECK(n == 1 && ev.data.u64 == 7, "epoll_wait returned %d: the bytes were not heard", n);
+    char b[16];
+    CHECK(read(rs_sock, b, sizeof b) == 6, "read the second message");
+    pl_write_all(rs_release[1], "go", 1);
+    pthread_join(r, NULL);
+    close(ep);
+    close(c);
+    close(rs_sock);
+    for (int i = 0; i < 2; i++) {
+        close(rs_armed[i]);
+        close(rs_release[i]);
+    }
+}
+
 static const struct pl_case cases[] = {
     {"mixed", t_mixed},
+    {"reader_sleeps_elsewhere", t_reader_sleeps_elsewhere},
     {NULL, NULL},
 };
 
