@@ -63,6 +63,11 @@ pub struct EpollRecord {
     /// The next merged look at both halves starts with the kernel set: the last one
     /// filled the caller's array from the shim alone ([`merge_ready`]).
     pub kernel_turn: core::sync::atomic::AtomicBool,
+    /// Bumped each time the slot starts tracking a new epoll fd. A ring's poll on the
+    /// kernel set of an earlier instance in this slot outlives that instance's close (the
+    /// poll holds the file), so a watch is only trusted for the incarnation it was armed
+    /// for.
+    pub incarnation: AtomicU32,
 }
 
 pub static EPOLLS: Pool<EpollRecord> = Pool::new(EpollRecord::new);
@@ -88,6 +93,7 @@ impl EpollRecord {
             nested: AtomicU32::new(0),
             ustack_wakes: AtomicU32::new(0),
             kernel_turn: core::sync::atomic::AtomicBool::new(false),
+            incarnation: AtomicU32::new(0),
         }
     }
 
@@ -172,6 +178,7 @@ pub fn track(epfd: i32) {
     ep.nested.store(0, Ordering::Relaxed);
     ep.ustack_wakes.store(0, Ordering::Relaxed);
     ep.kernel_turn.store(false, Ordering::Relaxed);
+    ep.incarnation.fetch_add(1, Ordering::Relaxed);
     ep.fork_epoch.store(
         crate::uring::wait::FORK_EPOCH.load(Ordering::Relaxed),
         Ordering::Relaxed,
@@ -208,6 +215,10 @@ pub fn on_close(id: u32, _fd: i32) {
         // SAFETY: the bridge eventfd is the shim's own descriptor.
         unsafe { crate::real::close(bridge) };
     }
+    // The closing thread is usually the one whose ring watches the kernel set: cancel
+    // that poll now, or it pins the closed epoll file. Other threads' watches are
+    // replaced when their ring next meets this slot.
+    crate::uring::forget_epoll(id, ep.incarnation.load(Ordering::Relaxed));
     EPOLLS.release(id);
 }
 

@@ -325,6 +325,7 @@ scenarios! {
         epoll_nested_and_polled => "nested",
         epoll_close_removes => "close_removes",
         epoll_one_event_waits_take_turns => "fairness",
+        epoll_in_a_reused_slot_hears_its_kernel_members => "reused_slot",
     }
 
     "pl_poll" {

@@ -527,7 +527,7 @@ fn grow_unsubmitted_send(io: &mut SockIo, mine: Option<&'static Ring>) {
 /// The socket for a completion, if it is still the same socket (generation check).
 fn socket_for(id: u32, gen: u32) -> Option<&'static SocketRecord> {
     let rec = SOCKETS.get(id)?;
-    (rec.generation.load(Ordering::Acquire) & 0xff_ffff == gen & 0xff_ffff).then_some(rec)
+    (rec.generation.load(Ordering::Acquire) & ring::GEN_MASK == gen & ring::GEN_MASK).then_some(rec)
 }
 
 /// Runs everything pending on this thread's ring: returned buffers, requests from
@@ -607,7 +607,7 @@ fn complete(ring: &Ring, ud: u64, res: i32, flags: u32) {
     match op {
         Some(Op::Recv) => on_recv(ring, id, gen, res, flags),
         Some(Op::Send) => on_send(ring, id, gen, res),
-        Some(Op::EpollReady) => ring.on_epoll_ready(id),
+        Some(Op::EpollReady) => ring.on_epoll_ready(id, gen),
         Some(Op::Wake) => ring.on_wake(ring::more(flags)),
         Some(Op::PollFd) => wait::on_poll_fd(id, gen, res),
         Some(Op::WriteReady) => on_write_ready(id, gen),
@@ -781,6 +781,14 @@ pub(crate) fn settle(ring: &Ring) {
         }
     }
     process(ring);
+}
+
+/// An epoll instance is being closed: this thread's ring stops watching its kernel set
+/// (a no-op without a ring, or if another thread's ring held the watch).
+pub fn forget_epoll(ep: u32, incarnation: u32) {
+    if let Some(r) = ring::current() {
+        r.forget_epoll(ep, incarnation);
+    }
 }
 
 /// Whether this thread's ring holds work only this thread reaps: sends in flight,

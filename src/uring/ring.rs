@@ -52,16 +52,19 @@ impl Op {
     }
 }
 
+/// The generation bits user_data has room for.
+pub const GEN_MASK: u32 = 0xff_ffff;
+
 /// user_data layout: op (8 bits) | generation (24 bits) | object id (32 bits).
 pub fn user_data(op: Op, id: u32, gen: u32) -> u64 {
-    op as u64 | (u64::from(gen & 0xff_ffff) << 8) | (u64::from(id) << 32)
+    op as u64 | (u64::from(gen & GEN_MASK) << 8) | (u64::from(id) << 32)
 }
 
 pub fn decode(ud: u64) -> (Option<Op>, u32, u32) {
     (
         Op::from_u8(ud as u8),
         (ud >> 32) as u32,
-        ((ud >> 8) & 0xff_ffff) as u32,
+        ((ud >> 8) as u32) & GEN_MASK,
     )
 }
 
@@ -186,8 +189,8 @@ struct Local {
     starved: Vec<(u32, u32)>,
     /// Closed sockets (id, gen) still draining sends.
     draining: Vec<(u32, u32)>,
-    /// Epoll instances whose kernel set this ring watches: (epoll id, armed, fired).
-    epoll_watch: Vec<(u32, bool, bool)>,
+    /// Epoll instances whose kernel set this ring watches.
+    epoll_watch: Vec<EpollWatch>,
     /// SENDMSGs submitted and not yet completed.
     sends_in_flight: u32,
     /// Multishot receives armed on this ring and not yet terminated: other threads
@@ -766,51 +769,107 @@ impl Ring {
         &mut self.local().draining
     }
 
-    /// Whether the kernel set of epoll `ep` must be checked (its poll fired, or was
-    /// never armed), clearing the mark.
-    pub fn epoll_check_needed(&self, ep: u32) -> bool {
+    /// Whether the kernel set of epoll `ep` (in its `incarnation`) must be checked: its
+    /// poll fired, or none is armed for this incarnation. Clears the mark.
+    pub fn epoll_check_needed(&self, ep: u32, incarnation: u32) -> bool {
         let w = &mut self.local().epoll_watch;
-        match w.iter_mut().find(|e| e.0 == ep) {
-            Some(e) if e.2 || !e.1 => {
-                e.2 = false;
+        match w.iter_mut().find(|e| e.ep == ep) {
+            Some(e) if e.incarnation == incarnation && e.armed && !e.fired => false,
+            Some(e) => {
+                e.fired = false;
                 true
             }
-            Some(_) => false,
             None => true,
         }
     }
 
-    /// Arms a one-shot poll on the kernel epoll fd so its readiness wakes this ring.
-    pub fn arm_epoll_watch(&self, ep: u32, epfd: i32) {
+    /// Arms a one-shot poll on the kernel epoll fd so its readiness wakes this ring. A
+    /// watch left from an earlier epoll in the same slot is cancelled and replaced: it
+    /// polls a file nobody can reach any more and would never fire for this one.
+    pub fn arm_epoll_watch(&self, ep: u32, incarnation: u32, epfd: i32) {
         let w = &mut self.local().epoll_watch;
-        let entry = match w.iter_mut().position(|e| e.0 == ep) {
-            Some(i) => &mut w[i],
+        let i = match w.iter().position(|e| e.ep == ep) {
+            Some(i) => i,
             None => {
-                w.push((ep, false, false));
-                w.last_mut().unwrap_or_else(|| unreachable!())
+                w.push(EpollWatch::new(ep, incarnation));
+                w.len() - 1
             }
         };
-        if entry.1 {
-            return;
+        let stale = w[i].incarnation != incarnation;
+        let stale_armed = stale && w[i].armed;
+        let old = w[i].incarnation;
+        if stale {
+            w[i] = EpollWatch::new(ep, incarnation);
         }
-        entry.1 = true;
+        let arm = !w[i].armed;
+        w[i].armed = true;
+        if stale_armed {
+            self.cancel_epoll_poll(ep, old);
+        }
+        if arm {
+            self.push(
+                opcode::PollAdd::new(types::Fd(epfd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(user_data(Op::EpollReady, ep, incarnation)),
+            );
+        }
+    }
+
+    /// The poll armed by [`arm_epoll_watch`] completed (`tag` is the incarnation it was
+    /// armed for, as user_data carries it).
+    pub fn on_epoll_ready(&self, ep: u32, tag: u32) {
+        if let Some(e) = self.local().epoll_watch.iter_mut().find(|e| e.ep == ep) {
+            if e.incarnation & GEN_MASK == tag {
+                e.armed = false;
+                e.fired = true;
+            }
+        }
+    }
+
+    /// Forgets the watch on an epoll instance being closed, cancelling its poll.
+    pub fn forget_epoll(&self, ep: u32, incarnation: u32) {
+        let w = &mut self.local().epoll_watch;
+        let Some(i) = w
+            .iter()
+            .position(|e| e.ep == ep && e.incarnation == incarnation)
+        else {
+            return;
+        };
+        let armed = w.swap_remove(i).armed;
+        if armed {
+            self.cancel_epoll_poll(ep, incarnation);
+        }
+    }
+
+    fn cancel_epoll_poll(&self, ep: u32, incarnation: u32) {
         self.push(
-            opcode::PollAdd::new(types::Fd(epfd), libc::POLLIN as u32)
+            opcode::AsyncCancel::new(user_data(Op::EpollReady, ep, incarnation))
                 .build()
-                .user_data(user_data(Op::EpollReady, ep, 0)),
+                .user_data(user_data(Op::Cancel, 0, 0)),
         );
     }
+}
 
-    pub fn on_epoll_ready(&self, ep: u32) {
-        if let Some(e) = self.local().epoll_watch.iter_mut().find(|e| e.0 == ep) {
-            e.1 = false;
-            e.2 = true;
+/// This ring's watch on the kernel set of one epoll instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EpollWatch {
+    ep: u32,
+    /// The [`crate::epoll::EpollRecord::incarnation`] the watch belongs to.
+    incarnation: u32,
+    /// A poll is in flight on the epoll fd.
+    armed: bool,
+    /// The poll completed since the kernel set was last checked.
+    fired: bool,
+}
+
+impl EpollWatch {
+    fn new(ep: u32, incarnation: u32) -> EpollWatch {
+        EpollWatch {
+            ep,
+            incarnation,
+            armed: false,
+            fired: false,
         }
-    }
-
-    /// Forgets an epoll instance that was closed (its poll completes with an error).
-    pub fn forget_epoll(&self, ep: u32) {
-        self.local().epoll_watch.retain(|e| e.0 != ep);
     }
 }
 

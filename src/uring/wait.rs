@@ -678,6 +678,7 @@ pub unsafe fn epoll_wait(
     requeue_after_fork(ep);
     let mut settled = false;
     let ep_id = ep.id.load(Ordering::Relaxed);
+    let incarnation = ep.incarnation.load(Ordering::Relaxed);
     loop {
         // Only what is already in user memory: the one enter per turn below (the sleep,
         // or the submit before returning) hands queued sends to the kernel and runs
@@ -696,7 +697,7 @@ pub unsafe fn epoll_wait(
         let kernel_first = ep.kernel_turn.swap(false, Ordering::Relaxed);
         let mut n = 0;
         let mut kernel_checked = false;
-        if kernel_first && ring.epoll_check_needed(ep_id) {
+        if kernel_first && ring.epoll_check_needed(ep_id, incarnation) {
             // SAFETY: room for `max` entries.
             n = unsafe { harvest_kernel(ep, epfd, events, max) }?.0;
             kernel_checked = true;
@@ -705,14 +706,14 @@ pub unsafe fn epoll_wait(
             // SAFETY: room for `max - n` entries after the first n.
             n += unsafe { harvest(ep, events.add(n), max - n) };
         }
-        if !kernel_checked && n < max && ring.epoll_check_needed(ep_id) {
+        if !kernel_checked && n < max && ring.epoll_check_needed(ep_id, incarnation) {
             // SAFETY: room for `max - n` entries after the first n. The bridge only says
             // the ready list changed; it was harvested above.
             n += unsafe { harvest_kernel(ep, epfd, events.add(n), max - n) }?.0;
         } else if !kernel_checked && n == max {
             ep.kernel_turn.store(true, Ordering::Relaxed);
         }
-        ring.arm_epoll_watch(ep_id, epfd);
+        ring.arm_epoll_watch(ep_id, incarnation, epfd);
         if n > 0 {
             if ep.exposed.load(Ordering::Relaxed) && any_truly_ready(ep) {
                 signal_bridge(ep);

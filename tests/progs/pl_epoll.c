@@ -587,6 +587,38 @@ static void t_fairness(void) {
     close(s);
 }
 
+/* Regression (CPython test_asyncio: test_create_server_ssl then
+ * test_create_server_ssl_match_failed hung): the shim's ring watches an epoll's kernel
+ * set with a poll on the epoll fd, and that poll outlived the epoll's close. The next
+ * epoll, reusing the shim's slot, was taken for already watched, and a kernel listener
+ * in it never woke the wait. */
+static void t_reused_slot_watches_kernel_set(void) {
+    for (int round = 0; round < 2; round++) {
+        STEP(round == 0 ? "first instance: merged wait arms the watch" : "second instance");
+        int c, s;
+        pl_tcp_pair(&c, &s);
+        int l = pl_listen(AF_INET, SOCK_NONBLOCK);
+        int ep = OK(epoll_create1(0));
+        ep_add(ep, s, EPOLLIN, 1);
+        ep_add(ep, l, EPOLLIN, 2);
+        struct epoll_event ev;
+        CHECK(epoll_wait(ep, &ev, 1, 20) == 0, "idle wait");
+        int nc = pl_connect_to(l);
+        STEP(round == 0 ? "first instance: listener reported" : "second instance: listener reported");
+        int n = epoll_wait(ep, &ev, 1, 3000);
+        CHECK(n == 1 && ev.data.u64 == 2, "listener not reported (n=%d)", n);
+        int a = OK(accept(l, NULL, NULL));
+        STEP("quiet wait: the watch is re-armed on a set with nothing ready");
+        CHECK(epoll_wait(ep, &ev, 1, 20) == 0, "quiet wait");
+        close(a);
+        close(nc);
+        close(ep);
+        close(l);
+        close(c);
+        close(s);
+    }
+}
+
 static const struct pl_case cases[] = {
     {"lt", t_lt},
     {"et", t_et},
@@ -603,6 +635,7 @@ static const struct pl_case cases[] = {
     {"nested", t_nested},
     {"close_removes", t_close_removes},
     {"fairness", t_fairness},
+    {"reused_slot", t_reused_slot_watches_kernel_set},
     {NULL, NULL},
 };
 
