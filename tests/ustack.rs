@@ -147,16 +147,12 @@ fn event_loop_server_serves_stackd_peers_and_loopback_peers_at_once() {
     );
 }
 
-#[test]
-fn threaded_blocking_clients_connect_out_through_stackd() {
-    if !ready("threaded_blocking_clients_connect_out_through_stackd") {
-        return;
-    }
-    let st = Stackd::start(&[]);
-    // A kernel echo server on the TAP's kernel side (198.51.100.1).
+/// A kernel echo server on the TAP's kernel side (`addr` on 198.51.100.1), a thread per
+/// connection, for as long as the test runs.
+fn kernel_echo_server(st: &Stackd, addr: &'static str) {
     let listener: TcpListener = st
         .ns
-        .run_in(|| TcpListener::bind("198.51.100.1:7200").expect("bind kernel server"));
+        .run_in(move || TcpListener::bind(addr).expect("bind kernel server"));
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
             std::thread::spawn(move || {
@@ -175,6 +171,48 @@ fn threaded_blocking_clients_connect_out_through_stackd() {
             });
         }
     });
+}
+
+/// Regression: a reader that consumed bytes before it took their RX message off the ring
+/// (recv() cleared the fifo's event flag, stackd added bytes and posted RX, the same recv
+/// read them) slept with the flag still set; stackd saw it set and never announced the
+/// next bytes. CPython's socket timeout then expired with the echo waiting in the fifo
+/// (the final exchange of clients.py took 10 s in one run of four). The same on the tx
+/// side in stackd (a TX taken after its bytes had gone). Here poll() waits forever, so
+/// the lost announcement hangs (LIMIT) instead of passing late.
+#[test]
+fn reader_that_drained_before_taking_the_rx_notice_hears_the_next_bytes() {
+    if !ready("reader_that_drained_before_taking_the_rx_notice_hears_the_next_bytes") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    kernel_echo_server(&st, "198.51.100.1:7202");
+    let py = python();
+    let reader = script("poll_reader.py");
+    let r = run_limited(
+        under_shim(
+            &st,
+            &[
+                &py,
+                &reader,
+                Path::new("198.51.100.1"),
+                Path::new("7202"),
+                Path::new("600"),
+            ],
+            &[],
+        ),
+        LIMIT,
+    );
+    assert!(r.ok() && r.stdout.contains("ok"), "{}", r.describe());
+}
+
+#[test]
+fn threaded_blocking_clients_connect_out_through_stackd() {
+    if !ready("threaded_blocking_clients_connect_out_through_stackd") {
+        return;
+    }
+    let st = Stackd::start(&[]);
+    kernel_echo_server(&st, "198.51.100.1:7200");
     let py = python();
     let clients = script("clients.py");
     let r = run_limited(

@@ -978,7 +978,19 @@ fn on_message(msg: &Msg) {
                 abort_session(msg.session);
             }
         }
-        Some(MsgKind::Rx) | Some(MsgKind::TxSpace) => {
+        Some(MsgKind::Rx) => {
+            if let Some(rec) = session_rec(msg.session) {
+                // Re-armed before the watchers look, so bytes after their look post anew
+                // (a reader that consumed these bytes before this message was taken
+                // would otherwise sleep on a flag still set: a 10 s stall of a Python
+                // socket with a timeout, ustack threaded_blocking test).
+                if let Some((rx, _)) = fifos(msg.session) {
+                    rx.consumer_clear_event();
+                }
+                notify(rec);
+            }
+        }
+        Some(MsgKind::TxSpace) => {
             if let Some(rec) = session_rec(msg.session) {
                 notify(rec);
             }

@@ -253,11 +253,20 @@ impl Worker {
         }
     }
 
-    /// The next message from stackd, if one is waiting.
+    /// The next message from stackd, if one is waiting. An RX re-arms its session's
+    /// notification as it is taken (proto, "Data notifications"), so a caller that
+    /// already read those bytes still hears of the next ones.
     pub fn try_recv(&self) -> io::Result<Option<Msg>> {
         let msg = self.from_stack.pop().map_err(corrupt)?;
-        if msg.is_some() && self.from_stack.space_waiter() {
-            sys::eventfd_signal(self.stack_wake.as_raw_fd())?;
+        if let Some(m) = &msg {
+            if m.kind() == Some(MsgKind::Rx) {
+                if let Ok(rx) = self.rx_fifo(m.session) {
+                    rx.consumer_clear_event();
+                }
+            }
+            if self.from_stack.space_waiter() {
+                sys::eventfd_signal(self.stack_wake.as_raw_fd())?;
+            }
         }
         Ok(msg)
     }

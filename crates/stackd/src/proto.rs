@@ -35,9 +35,13 @@
 //!
 //! ## Data notifications
 //! `TX` (app → stack) and `RX` (stack → app) are sent only when a fifo's event flag flips
-//! from 0 to 1 ([`Fifo::producer_should_notify`]): the consumer clears the flag before it
-//! drains ([`Fifo::consumer_clear_event`]), so one message covers every byte enqueued
-//! before the drain. A producer that finds a fifo full asks for a space notice
+//! from 0 to 1 ([`Fifo::producer_should_notify`]): the consumer clears the flag when it
+//! takes the message off its ring and before it drains ([`Fifo::consumer_clear_event`]),
+//! so one message covers every byte enqueued before the drain. The clear on taking the
+//! message is the one that matters: a drain that clears and then also reads bytes
+//! enqueued just after the clear leaves the flag set by their message, and a consumer
+//! that then sleeps with that message already taken would never hear of the next bytes
+//! (their producer sees the flag still set and posts nothing). A producer that finds a fifo full asks for a space notice
 //! ([`Fifo::request_space_notice`]): the consumer answers with `RX_DRAINED` (app → stack)
 //! or `TX_SPACE` (stack → app) after it frees space.
 //!
@@ -1139,7 +1143,8 @@ impl Fifo {
         self.header().producer.has_event.swap(1, Ordering::Relaxed) == 0
     }
 
-    /// Consumer, on an RX/TX message, before draining: re-arms the notification.
+    /// Consumer, on taking an RX/TX message off its ring and before each drain: re-arms
+    /// the notification (see the module documentation, "Data notifications").
     pub fn consumer_clear_event(&self) {
         self.header().producer.has_event.store(0, Ordering::Relaxed);
         fence(Ordering::SeqCst);

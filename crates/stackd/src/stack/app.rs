@@ -622,8 +622,12 @@ impl Stack {
             Some(MsgKind::Close) => self.on_close(app, &msg),
             Some(MsgKind::Shutdown) => self.on_shutdown(app, &msg),
             Some(MsgKind::SetOpt) => self.on_setopt(app, &msg),
-            // Data notices: the session pass looks at every fifo anyway.
-            Some(MsgKind::Tx) | Some(MsgKind::RxDrained) => {}
+            // The session pass looks at every fifo anyway; a TX re-arms its fifo's
+            // notification first (proto, "Data notifications"): the pass's own clear
+            // comes only when it finds bytes, and bytes this message announced may
+            // already have gone in an earlier pass.
+            Some(MsgKind::Tx) => self.on_tx_notice(app, &msg),
+            Some(MsgKind::RxDrained) => {}
             _ => log!(
                 LogLevel::Debug,
                 "app {app} worker {worker}: ignoring message kind {}",

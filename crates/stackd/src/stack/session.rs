@@ -840,6 +840,16 @@ impl Stack {
         Some((slot.session.as_mut()?, attached.segment))
     }
 
+    /// TX: re-arms the session's tx notification before the pass drains its fifo.
+    pub(super) fn on_tx_notice(&mut self, app: u32, msg: &Msg) {
+        let index = session_index(msg.session);
+        if let Some((_, segment)) = self.session_mut(app, msg.session) {
+            if let Some(tx) = segment.tx_fifo(index) {
+                tx.consumer_clear_event();
+            }
+        }
+    }
+
     pub(super) fn on_close(&mut self, app: u32, msg: &Msg) {
         let index = if msg.session == NO_SESSION {
             // A pending connect, named by its cookie.
